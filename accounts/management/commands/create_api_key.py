@@ -1,0 +1,19 @@
+from django.core.management.base import BaseCommand, CommandError
+
+from accounts.models import User
+from accounts.services import api_key_create
+
+
+class Command(BaseCommand):
+    help = "Create a gateway API key for an existing user and print it (it is not stored and cannot be shown again)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("email")
+        parser.add_argument("--name", default="operator")
+
+    def handle(self, *args, email: str, name: str, **options):
+        user = User.objects.filter(email__iexact=email.strip()).first()
+        if user is None:
+            raise CommandError(f"No user with e-mail {email}.")
+        _, raw = api_key_create(user=user, name=name)
+        self.stdout.write(raw)

@@ -1,0 +1,40 @@
+"""Reads for accounts and API keys, scoped to who may see them."""
+
+import re
+
+from django.db.models import QuerySet
+from django.http import Http404
+
+from accounts.models import ApiKey, Organization, User
+from accounts.services import api_key_hash
+
+# "hr-" + 43 URL-safe base64 characters (32 random bytes). Anything else is
+# refused before it is hashed or looked up.
+API_KEY_PATTERN = re.compile(r"hr-[A-Za-z0-9_-]{43}")
+
+
+def api_key_get_by_raw(raw_key: str) -> ApiKey | None:
+    """The active API key matching a raw key, or None (malformed, unknown or revoked)."""
+    if not API_KEY_PATTERN.fullmatch(raw_key):
+        return None
+    return (
+        ApiKey.objects.select_related("user", "organization")
+        .filter(hashed_key=api_key_hash(raw_key), revoked_at__isnull=True, user__is_active=True)
+        .first()
+    )
+
+
+def api_key_list(*, user: User) -> QuerySet[ApiKey]:
+    return ApiKey.objects.filter(user=user).order_by("revoked_at", "-created_at")
+
+
+def api_key_get_for_user(*, user: User, key_id: int) -> ApiKey:
+    """The user's own key; someone else's key is indistinguishable from a missing one."""
+    try:
+        return ApiKey.objects.get(pk=key_id, user=user)
+    except (ApiKey.DoesNotExist, ValueError, TypeError):
+        raise Http404("No such API key.") from None
+
+
+def organization_list(*, user: User) -> QuerySet[Organization]:
+    return Organization.objects.filter(memberships__user=user).order_by("name")

@@ -1,0 +1,107 @@
+"""Writes for users, organizations and gateway API keys."""
+
+import hashlib
+import secrets
+from datetime import timedelta
+
+from django.db import transaction
+from django.utils import timezone
+from django.utils.text import slugify
+
+from accounts.models import ApiKey, Membership, Organization, User
+from billing.services import signup_credit_grant
+
+API_KEY_PREFIX = "hr-"
+API_KEY_RANDOM_BYTES = 32
+API_KEY_DISPLAY_LENGTH = 11  # "hr-" + 8 characters
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+ORG_NOT_A_MEMBER = "You are not a member of that organization."
+ORG_OWNER_REQUIRED = "Only an organization's owners can do that."
+
+
+class AccountsError(ValueError):
+    """A refused account operation; the message is safe to show."""
+
+
+def api_key_hash(raw_key: str) -> str:
+    return hashlib.sha256(raw_key.encode()).hexdigest()
+
+
+def user_signup_complete(*, user: User) -> None:
+    """Everything a new account gets: today, the signup credit (exactly once)."""
+    signup_credit_grant(user=user)
+
+
+def user_create(*, email: str, password: str | None = None, **extra) -> User:
+    """Create a user outside the sign-up form (operators, demo data) with the same welcome."""
+    with transaction.atomic():
+        user = User.objects.create_user(email=email, password=password, **extra)
+        user_signup_complete(user=user)
+    return user
+
+
+def api_key_create(
+    *,
+    user: User,
+    name: str,
+    key_pool_mode: str = ApiKey.PoolMode.ANY,
+    byok_fallback: bool = True,
+    monthly_limit: int | None = None,
+    organization: Organization | None = None,
+) -> tuple[ApiKey, str]:
+    """Create a gateway API key; returns it with the raw key, which is never stored or shown again."""
+    if organization is not None and not Membership.objects.filter(organization=organization, user=user).exists():
+        raise AccountsError(ORG_NOT_A_MEMBER)
+    raw = API_KEY_PREFIX + secrets.token_urlsafe(API_KEY_RANDOM_BYTES)
+    api_key = ApiKey.objects.create(
+        user=user,
+        organization=organization,
+        name=name,
+        prefix=raw[:API_KEY_DISPLAY_LENGTH],
+        hashed_key=api_key_hash(raw),
+        key_pool_mode=key_pool_mode,
+        byok_fallback=byok_fallback,
+        monthly_limit=monthly_limit,
+    )
+    return api_key, raw
+
+
+def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
+    """Revoke a key; it stops authenticating at once. Revoking twice is harmless."""
+    if api_key.revoked_at is None:
+        api_key.revoked_at = timezone.now()
+        api_key.save(update_fields=["revoked_at"])
+    return api_key
+
+
+def api_key_touch(*, api_key: ApiKey) -> None:
+    """Record use, at most once a minute per key, so hot keys do not write on every request."""
+    now = timezone.now()
+    if api_key.last_used_at and now - api_key.last_used_at < LAST_USED_RESOLUTION:
+        return
+    ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
+    api_key.last_used_at = now
+
+
+def organization_create(*, owner: User, name: str) -> Organization:
+    base = slugify(name)[:80] or "org"
+    slug, n = base, 1
+    while Organization.objects.filter(slug=slug).exists():
+        n += 1
+        slug = f"{base}-{n}"
+    with transaction.atomic():
+        organization = Organization.objects.create(name=name, slug=slug)
+        Membership.objects.create(organization=organization, user=owner, role=Membership.Role.OWNER)
+    return organization
+
+
+def organization_member_add(
+    *, organization: Organization, actor: User, user: User, role: str = Membership.Role.MEMBER
+) -> Membership:
+    if not Membership.objects.filter(organization=organization, user=actor, role=Membership.Role.OWNER).exists():
+        raise AccountsError(ORG_OWNER_REQUIRED)
+    membership, _ = Membership.objects.update_or_create(
+        organization=organization, user=user, defaults={"role": role}
+    )
+    return membership

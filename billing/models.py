@@ -1,0 +1,129 @@
+"""The double-entry ledger.
+
+Design (after django-hordak): every movement of money is a `LedgerTransaction`
+with two or more `LedgerEntry` legs whose signed amounts sum to zero. A
+positive amount raises the account's balance. Accounts belong to a billing
+owner (a user or an organization: `main` and `frozen`) or to the platform
+(revenue, signup credits, pool rewards, …). Platform source accounts go
+negative by design: the sum of *all* balances is always zero.
+
+- Amounts are integer nanodollars (billing.money).
+- Entries are append-only: a correction is a new transaction.
+- `Account.balance` is a cache of the sum of its entries, updated with F() in
+  the same database transaction as the entries (billing.services.ledger).
+- Each transaction has a unique idempotency key, so a retry never moves money
+  twice.
+- The zero sum is checked in the service and, on PostgreSQL, by a deferred
+  constraint trigger (migration 0002); `manage.py ledger_check` re-verifies
+  every invariant from the entries.
+"""
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class Account(models.Model):
+    class Kind(models.TextChoices):
+        # Billing owners' accounts.
+        MAIN = "main", "Main balance"
+        FROZEN = "frozen", "Frozen balance"
+        # Platform accounts.
+        REVENUE = "revenue", "Platform revenue"
+        SIGNUP_CREDITS = "signup_credits", "Signup credits"
+        POOL_REWARDS = "pool_rewards", "Pool rewards"
+        EXCHANGE_PAYOUTS = "exchange_payouts", "Exchange payouts"
+        WITHDRAWALS_PAYABLE = "withdrawals_payable", "Withdrawals payable"
+        PROVIDER_FEES = "provider_fees", "Provider costs"
+        ADJUSTMENTS = "adjustments", "Manual adjustments"
+        TOP_UPS = "top_ups", "Top-ups received"
+
+    OWNER_KINDS = (Kind.MAIN, Kind.FROZEN)
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="ledger_accounts"
+    )
+    organization = models.ForeignKey(
+        "accounts.Organization", on_delete=models.PROTECT, null=True, blank=True, related_name="ledger_accounts"
+    )
+    kind = models.CharField(max_length=32, choices=Kind.choices)
+    balance = models.BigIntegerField(default=0, help_text="Nanodollars; the sum of this account's entries.")
+    may_go_negative = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(may_go_negative=True) | Q(balance__gte=0), name="account_balance_not_below_floor"
+            ),
+            models.CheckConstraint(
+                condition=(
+                    Q(user__isnull=False, organization__isnull=True, kind__in=["main", "frozen"])
+                    | Q(user__isnull=True, organization__isnull=False, kind__in=["main", "frozen"])
+                    | (Q(user__isnull=True, organization__isnull=True) & ~Q(kind__in=["main", "frozen"]))
+                ),
+                name="account_owner_matches_kind",
+            ),
+            models.CheckConstraint(
+                condition=Q(may_go_negative=False) | Q(user__isnull=True, organization__isnull=True),
+                name="account_only_platform_may_go_negative",
+            ),
+            models.UniqueConstraint(fields=["user", "kind"], condition=Q(user__isnull=False), name="account_unique_user_kind"),
+            models.UniqueConstraint(
+                fields=["organization", "kind"], condition=Q(organization__isnull=False), name="account_unique_org_kind"
+            ),
+            models.UniqueConstraint(
+                fields=["kind"],
+                condition=Q(user__isnull=True, organization__isnull=True),
+                name="account_unique_platform_kind",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        owner = self.user or self.organization or "platform"
+        return f"{owner}: {self.get_kind_display()}"
+
+
+class LedgerTransaction(models.Model):
+    class Kind(models.TextChoices):
+        SIGNUP_CREDIT = "signup_credit", "Signup credit"
+        TRANSFER = "transfer", "Transfer"
+        ADJUSTMENT = "adjustment", "Adjustment"
+        USAGE = "usage", "Usage settlement"
+        POOL_REWARD = "pool_reward", "Pool reward"
+        EXCHANGE_EARNING = "exchange_earning", "Exchange earning"
+        BYOK_FEE = "byok_fee", "BYOK fee"
+        CONVERSION = "conversion", "Frozen to main conversion"
+        WITHDRAWAL_HOLD = "withdrawal_hold", "Withdrawal hold"
+        WITHDRAWAL_RETURN = "withdrawal_return", "Withdrawal returned"
+        WITHDRAWAL_PAID = "withdrawal_paid", "Withdrawal paid"
+
+    idempotency_key = models.CharField(max_length=200, unique=True)
+    kind = models.CharField(max_length=32, choices=Kind.choices)
+    memo = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.idempotency_key}"
+
+
+class LedgerEntry(models.Model):
+    transaction = models.ForeignKey(LedgerTransaction, on_delete=models.PROTECT, related_name="entries")
+    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="entries")
+    amount = models.BigIntegerField(help_text="Signed nanodollars: positive raises the account's balance.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name_plural = "ledger entries"
+        constraints = [models.CheckConstraint(condition=~Q(amount=0), name="ledger_entry_amount_not_zero")]
+
+    def __str__(self) -> str:
+        return f"{self.account}: {self.amount}"
+
+    def save(self, *args, **kwargs):
+        if self.pk is not None and not self._state.adding:
+            raise ValueError("Ledger entries are append-only: post a correcting transaction instead.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise ValueError("Ledger entries are append-only: post a correcting transaction instead.")

@@ -1,0 +1,21 @@
+"""Billing's write API. Other apps call these, never the ledger models directly."""
+
+from .credits import signup_credit_grant
+from .ledger import (
+    InsufficientFunds,
+    LedgerError,
+    account_for_owner,
+    ledger_post,
+    ledger_transfer,
+    platform_account,
+)
+
+__all__ = [
+    "InsufficientFunds",
+    "LedgerError",
+    "account_for_owner",
+    "ledger_post",
+    "ledger_transfer",
+    "platform_account",
+    "signup_credit_grant",
+]

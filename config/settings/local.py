@@ -1,0 +1,21 @@
+"""Local development: DEBUG on by default and e-mail printed to the console.
+
+Secrets still come from the environment or `.env` (which `make run` writes
+once with fresh random values); nothing secret is hard-coded here.
+"""
+
+from config.env import env
+
+from .base import *  # noqa: F403
+from .base import HEADROOM_FIELD_ENCRYPTION_KEYS, SECRET_KEY
+from .security import assert_secure
+
+DEBUG = env.bool("DJANGO_DEBUG", default=True)
+EMAIL_BACKEND = env.str("DJANGO_EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+HEADROOM_ALLOW_PRIVATE_UPSTREAMS = env.bool("HEADROOM_ALLOW_PRIVATE_UPSTREAMS", default=True)
+
+assert_secure(debug=DEBUG, secret_key=SECRET_KEY, encryption_keys=HEADROOM_FIELD_ENCRYPTION_KEYS)

@@ -1,0 +1,22 @@
+"""Test settings: the only module with built-in secrets, and they are throwaway."""
+
+from .base import *  # noqa: F403
+
+DEBUG = False
+SECRET_KEY = "test-only-0123456789abcdefghijklmnopqrstuvwxyz-ABCDEFGHIJKLMNOP"
+HEADROOM_FIELD_ENCRYPTION_KEYS = [
+    # Two throwaway Fernet keys: tests rotate between them.
+    "G0PTAR4DKyDOrDP3qFSZCDoGH3T6N1-3bTwyYQbAwCo=",
+    "zMFqiQZtWzLYpFYD4Jb3gfgVgDNC10Zt9fhI_v4C4sI=",
+]
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.InMemoryStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+CELERY_TASK_ALWAYS_EAGER = True
+HEADROOM_ALLOW_PRIVATE_UPSTREAMS = True
+ACCOUNT_RATE_LIMITS = False
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = True

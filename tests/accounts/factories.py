@@ -1,0 +1,18 @@
+import factory
+
+from accounts.models import User
+from accounts.services import user_create
+
+
+class UserFactory(factory.django.DjangoModelFactory):
+    """Users made the way real ones are: through the service, with their signup credit."""
+
+    class Meta:
+        model = User
+
+    email = factory.Sequence(lambda n: f"member{n}@example.com")
+    password = "correct-horse-battery-staple"
+
+    @classmethod
+    def _create(cls, model_class, *args, **kwargs):
+        return user_create(**kwargs)
