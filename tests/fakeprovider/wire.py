@@ -1,0 +1,305 @@
+"""Response bodies in the providers' real wire formats.
+
+Why a separate module: the server decides *when* and *whether* to answer (scripts, faults, delays);
+this module only knows *what* a real provider's reply looks like, so each shape can be compared with
+the provider's documentation in one place. Everything here is pure and deterministic: the same request
+always yields the same content, token counts and embeddings, so tests can assert exact settlements.
+
+Shapes (checked against the providers' docs):
+- OpenAI chat completion, ``chat.completion.chunk`` SSE events and the ``include_usage`` final chunk;
+- OpenAI embeddings (``float`` or ``base64`` little-endian float32, which the openai SDK asks for by default);
+- balance replies of DeepSeek ``/user/balance``, OpenRouter ``/key`` and ``/credits``, Moonshot
+  ``/users/me/balance`` and SiliconFlow ``/user/info``;
+- error bodies. Real providers often echo part of the key ("Incorrect API key provided: sk-ab****xyz9");
+  the fake does so in *every* error body, on purpose, as a tripwire: the gateway must never relay it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import random
+import struct
+from decimal import Decimal
+
+DONE_EVENT = b"data: [DONE]\n\n"
+_DUMPS = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def dumps(obj: object) -> bytes:
+    return _DUMPS(obj).encode()
+
+
+def mask_key(key: str | None) -> str:
+    """The fragment a provider echoes, e.g. ``sk-ab****xyz9``; tests assert it never reaches a client."""
+    if not key:
+        return "<none>"
+    if len(key) < 12:
+        return "****" + key[-4:]
+    return f"{key[:5]}****{key[-4:]}"
+
+
+def _words(text: object) -> int:
+    if isinstance(text, str):
+        return len(text.split())
+    if isinstance(text, list):  # content parts: [{"type": "text", "text": "..."}]
+        return sum(_words(part.get("text")) for part in text if isinstance(part, dict))
+    return 0
+
+
+def count_prompt_tokens(messages: object) -> int:
+    """Whitespace-separated words across the messages' content, at least 1."""
+    if not isinstance(messages, list):
+        return 1
+    return max(1, sum(_words(m.get("content")) for m in messages if isinstance(m, dict)))
+
+
+def content_piece(index: int) -> str:
+    """Chunk ``index`` of the deterministic answer; joined they read ``tok0 tok1 tok2 ...``."""
+    return f"tok{index}" if index == 0 else f" tok{index}"
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def chat_completion(
+    *, rid: str, model: str, created: int, n_tokens: int, prompt_tokens: int, finish_reason: str
+) -> bytes:
+    content = "".join(content_piece(i) for i in range(n_tokens))
+    return dumps(
+        {
+            "id": rid,
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content, "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": finish_reason,
+                }
+            ],
+            "usage": usage(prompt_tokens, n_tokens),
+            "system_fingerprint": "fp_fake",
+        }
+    )
+
+
+def sse(obj: dict) -> bytes:
+    return b"data: " + dumps(obj) + b"\n\n"
+
+
+def chunk(
+    *, rid: str, model: str, created: int, delta: dict, finish_reason: str | None, with_usage_field: bool
+) -> bytes:
+    body = {
+        "id": rid,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "system_fingerprint": "fp_fake",
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+    }
+    if with_usage_field:  # OpenAI sends "usage": null on every chunk but the last when include_usage is on
+        body["usage"] = None
+    return sse(body)
+
+
+def usage_chunk(*, rid: str, model: str, created: int, prompt_tokens: int, completion_tokens: int) -> bytes:
+    return sse(
+        {
+            "id": rid,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "system_fingerprint": "fp_fake",
+            "choices": [],
+            "usage": usage(prompt_tokens, completion_tokens),
+        }
+    )
+
+
+def _vector(text: str, dims: int) -> list[float]:
+    seed = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+    rng = random.Random(seed)
+    raw = struct.pack(f"<{dims}f", *(rng.uniform(-1.0, 1.0) for _ in range(dims)))
+    return list(struct.unpack(f"<{dims}f", raw))  # float32-exact, so float and base64 agree
+
+
+def embeddings(*, inputs: list[str], model: str, dims: int, encoding_format: str, prompt_tokens: int) -> bytes:
+    data = []
+    for index, text in enumerate(inputs):
+        vector = _vector(text, dims)
+        if encoding_format == "base64":
+            encoded: object = base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode()
+        else:
+            encoded = vector
+        data.append({"object": "embedding", "index": index, "embedding": encoded})
+    return dumps(
+        {
+            "object": "list",
+            "data": data,
+            "model": model,
+            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+        }
+    )
+
+
+def models_list(model_ids: tuple[str, ...], created: int) -> bytes:
+    return dumps(
+        {
+            "object": "list",
+            "data": [{"id": m, "object": "model", "created": created, "owned_by": "fakeprovider"} for m in model_ids],
+        }
+    )
+
+
+# --- errors ---------------------------------------------------------------------------------------
+
+
+def openai_error(message: str, type_: str, code: str | None, param: str | None = None) -> bytes:
+    return dumps({"error": {"message": message, "type": type_, "param": param, "code": code}})
+
+
+def invalid_key_error(route: str, key: str | None) -> tuple[bytes, str]:
+    """(body, content type) of a 401 as the provider behind ``route`` words it."""
+    masked = mask_key(key)
+    if route == "deepseek_balance":
+        body = {
+            "error": {
+                "message": f"Authentication Fails, Your api key: {masked} is invalid",
+                "type": "authentication_error",
+                "param": None,
+                "code": "invalid_request_error",
+            }
+        }
+    elif route in ("openrouter_key", "openrouter_credits"):
+        body = {"error": {"message": f"User not found. ({masked})", "code": 401}}
+    elif route == "moonshot_balance":
+        body = {"error": {"message": f"Invalid Authentication: {masked}", "type": "invalid_authentication_error"}}
+    elif route == "siliconflow_user_info":
+        return f'"Api key is invalid: {masked}"'.encode(), "application/json"
+    else:
+        body = {
+            "error": {
+                "message": f"Incorrect API key provided: {masked}. You can find your API key at "
+                "https://platform.openai.com/account/api-keys.",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "invalid_api_key",
+            }
+        }
+    return dumps(body), "application/json"
+
+
+def status_error(status: int, key: str | None, retry_after: float | None) -> bytes:
+    masked = mask_key(key)
+    if status == 402:
+        return openai_error(f"Insufficient Balance on key {masked}", "unknown_error", "invalid_request_error")
+    if status == 403:
+        return openai_error(f"Key {masked} may not access this resource.", "permission_error", "forbidden")
+    if status == 429:
+        wait = f" Please try again in {retry_after:g}s." if retry_after is not None else ""
+        return openai_error(
+            f"Rate limit reached for requests on key {masked}.{wait}", "requests", "rate_limit_exceeded"
+        )
+    if status >= 500:
+        return openai_error(
+            f"The server had an error while processing your request (key {masked}). Sorry about that!",
+            "server_error",
+            None,
+        )
+    return openai_error(f"Request failed for key {masked}.", "invalid_request_error", None)
+
+
+# --- balance replies --------------------------------------------------------------------------------
+
+MALFORMED_BALANCE = b'{"is_available": tru, "balance_infos": [{"currency": "USD", "total_bal'
+
+
+def deepseek_balance(amount: Decimal, currency: str) -> bytes:
+    return dumps(
+        {
+            "is_available": amount > 0,
+            "balance_infos": [
+                {
+                    "currency": currency,
+                    "total_balance": str(amount),
+                    "granted_balance": "0.00",
+                    "topped_up_balance": str(amount),
+                }
+            ],
+        }
+    )
+
+
+def openrouter_key(amount: Decimal, key: str, unlimited: bool) -> bytes:
+    limit = None if unlimited else float(amount)
+    return dumps(
+        {
+            "data": {
+                "label": mask_key(key).replace("****", "..."),
+                "limit": limit,
+                "usage": 0.0,
+                "usage_daily": 0.0,
+                "usage_weekly": 0.0,
+                "usage_monthly": 0.0,
+                "limit_remaining": limit,
+                "limit_reset": None,
+                "is_free_tier": False,
+                "is_provisioning_key": False,
+                "rate_limit": {"requests": -1, "interval": "10s"},
+            }
+        }
+    )
+
+
+OPENROUTER_FAKE_USAGE = Decimal("1.25")
+
+
+def openrouter_credits(amount: Decimal) -> bytes:
+    """Purchased minus used equals ``amount``: total_credits = amount + 1.25, total_usage = 1.25."""
+    return dumps(
+        {"data": {"total_credits": float(amount + OPENROUTER_FAKE_USAGE), "total_usage": float(OPENROUTER_FAKE_USAGE)}}
+    )
+
+
+def moonshot_balance(amount: Decimal) -> bytes:
+    return dumps(
+        {
+            "code": 0,
+            "data": {"available_balance": float(amount), "voucher_balance": 0.0, "cash_balance": float(amount)},
+            "scode": "0x0",
+            "status": True,
+        }
+    )
+
+
+def siliconflow_user_info(amount: Decimal) -> bytes:
+    return dumps(
+        {
+            "code": 20000,
+            "message": "OK",
+            "status": True,
+            "data": {
+                "id": "userid",
+                "name": "fakeprovider",
+                "image": "",
+                "email": "",
+                "isAdmin": False,
+                "balance": "0.00",
+                "status": "normal",
+                "introduction": "",
+                "role": "",
+                "chargeBalance": str(amount),
+                "totalBalance": str(amount),
+            },
+        }
+    )
