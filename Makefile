@@ -27,6 +27,8 @@ install-dev: $(VENV)/.installed-dev
 run: install
 	$(PY) -m config.devenv
 	$(PY) manage.py migrate --no-input
+	$(PY) manage.py sync_providers
+	$(PY) manage.py refresh_prices
 	$(PY) manage.py seed_demo
 	@echo "Headroom on http://$(HOST):$(PORT)  (dashboard /, management API /api/v1, gateway /v1)"
 	DJANGO_SETTINGS_MODULE=$${DJANGO_SETTINGS_MODULE:-config.settings.local} $(VENV)/bin/uvicorn config.asgi:application --host $(HOST) --port $(PORT) --lifespan off

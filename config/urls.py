@@ -1,7 +1,11 @@
 from django.contrib import admin
 from django.http import JsonResponse
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+from drf_spectacular.views import (
+    SpectacularAPIView,
+    SpectacularRedocView,
+    SpectacularSwaggerView,
+)
 
 from accounts.urls import api_urlpatterns as accounts_api
 
@@ -12,6 +16,9 @@ def healthz(request):
 
 api_v1 = [
     *accounts_api,
+    path("", include("keys.urls")),
+    path("", include("exchange.urls")),
+    path("", include("payouts.urls")),
     path("schema", SpectacularAPIView.as_view(), name="schema"),
     path("docs", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("redoc", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
@@ -23,5 +30,6 @@ urlpatterns = [
     path("accounts/", include("allauth.urls")),
     path("_allauth/", include("allauth.headless.urls")),
     path("api/v1/", include(api_v1)),
+    path("dashboard/exchange/", include("payouts.page_urls")),
     path("", include("accounts.urls")),
 ]

@@ -111,7 +111,15 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
-CELERY_BEAT_SCHEDULE: dict = {}
+# Periodic tasks (seconds). Other apps add their entries here too.
+CELERY_BEAT_SCHEDULE: dict = {
+    "keys-reverify-exchange-balances": {
+        "task": "keys.tasks.provider_keys_reverify_exchange_task",
+        "schedule": 30 * 60,
+    },
+    "keys-probe-paused": {"task": "keys.tasks.provider_keys_probe_paused_task", "schedule": 60},
+    "keys-sweep-disabling-and-pending": {"task": "keys.tasks.provider_keys_sweep_task", "schedule": 60},
+}
 
 # --- Auth ---------------------------------------------------------------------
 AUTH_USER_MODEL = "accounts.User"
@@ -200,3 +208,44 @@ LOGGING = {
 
 # --- Headroom -----------------------------------------------------------------
 HEADROOM_SIGNUP_CREDIT = "2.00"
+
+# keys (issue 3) settings go below this line.
+# Error pages hide variables and POST fields marked sensitive (provider secrets) even with DEBUG on.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "keys.reporting.SecretSafeExceptionReporterFilter"
+# The provider catalogue file (empty: keys/providers.toml).
+HEADROOM_PROVIDERS_FILE = env.str("HEADROOM_PROVIDERS_FILE", default="")
+# Let operators point providers at loopback/private addresses and plain http (tests, local demos).
+HEADROOM_ALLOW_PRIVATE_UPSTREAMS = env.bool("HEADROOM_ALLOW_PRIVATE_UPSTREAMS", default=False)
+HEADROOM_PAUSE_AFTER_429S = env.int("HEADROOM_PAUSE_AFTER_429S", default=3)
+HEADROOM_EXHAUST_AFTER_FAILURES = env.int("HEADROOM_EXHAUST_AFTER_FAILURES", default=5)
+HEADROOM_EXCHANGE_MIN_BALANCE = "0.10"
+# USD value of one unit of a provider balance currency (DeepSeek/Moonshot/SiliconFlow China report CNY).
+HEADROOM_FX_RATES = {"CNY": env.str("HEADROOM_FX_CNY_USD", default="0.14")}
+HEADROOM_VERIFY_TIMEOUT_SECONDS = 10
+# A PAUSED key without a Retry-After is probed this long after it was paused; a failed probe waits longer.
+HEADROOM_PROBE_PAUSED_AFTER = 60
+HEADROOM_PROBE_BACKOFF_SECONDS = 300
+# A DISABLING key is retired after this long even if a crashed process left its in-flight count up.
+HEADROOM_DISABLING_TIMEOUT = 900
+# A PENDING key whose verification was lost or gave up is verified again after this long.
+HEADROOM_PENDING_RECHECK_AFTER = 600
+
+# exchange and payouts (issue 5) settings go below this line.
+# The payout rate (percent of settled cost) while no global rule row exists;
+# operators set the real one on the admin's "Global payout rate" page.
+HEADROOM_DEFAULT_PAYOUT_RATE = env.str("HEADROOM_DEFAULT_PAYOUT_RATE", default="90.00")
+HEADROOM_CONVERSION_MINIMUM = "0.10"
+HEADROOM_WITHDRAWAL_MINIMUM = "10.00"
+
+# pool (issue 4) settings go below this line.
+HEADROOM_MAX_BODY_BYTES = env.int("HEADROOM_MAX_BODY_BYTES", default=4 * 1024 * 1024)
+HEADROOM_UPSTREAM_CONNECT_TIMEOUT = env.float("HEADROOM_UPSTREAM_CONNECT_TIMEOUT", default=10.0)
+# Longest silence allowed from a provider: before its first byte, and between chunks.
+HEADROOM_UPSTREAM_READ_TIMEOUT = env.float("HEADROOM_UPSTREAM_READ_TIMEOUT", default=120.0)
+HEADROOM_MAX_UPSTREAM_ATTEMPTS = env.int("HEADROOM_MAX_UPSTREAM_ATTEMPTS", default=3)
+HEADROOM_RATE_LIMIT_PER_MINUTE = env.int("HEADROOM_RATE_LIMIT_PER_MINUTE", default=1200)
+HEADROOM_DEFAULT_MAX_TOKENS = env.int("HEADROOM_DEFAULT_MAX_TOKENS", default=4096)
+HEADROOM_SSE_KEEPALIVE_SECONDS = env.float("HEADROOM_SSE_KEEPALIVE_SECONDS", default=15.0)
+HEADROOM_POOL_REWARD_PERCENT = "5"
+HEADROOM_BYOK_FREE_REQUESTS = 1_000_000
+HEADROOM_BYOK_FEE_PERCENT = "5"

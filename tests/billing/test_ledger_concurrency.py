@@ -9,7 +9,12 @@ from django.db import IntegrityError, connection, connections, transaction
 from billing.models import Account, LedgerEntry, LedgerTransaction
 from billing.money import parse_usd
 from billing.selectors import ledger_violations
-from billing.services import InsufficientFunds, account_for_owner, ledger_transfer, platform_account
+from billing.services import (
+    InsufficientFunds,
+    account_for_owner,
+    ledger_transfer,
+    platform_account,
+)
 from tests.accounts.factories import UserFactory
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]

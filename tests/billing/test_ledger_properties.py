@@ -13,7 +13,12 @@ from hypothesis.extra.django import TestCase
 
 from billing.models import Account
 from billing.selectors import ledger_violations
-from billing.services import InsufficientFunds, account_for_owner, ledger_transfer, platform_account
+from billing.services import (
+    InsufficientFunds,
+    account_for_owner,
+    ledger_transfer,
+    platform_account,
+)
 from tests.accounts.factories import UserFactory
 
 ACCOUNT_NAMES = ["alice.main", "alice.frozen", "bob.main", "bob.frozen", "revenue", "pool_rewards"]

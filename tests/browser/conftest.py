@@ -23,8 +23,10 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.browser)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
+    # Module scope, not session: the sync Playwright API keeps an event loop running in this
+    # thread while it is open, which would break asyncio.run() in every later test module.
     if not (os.path.exists(CHROMIUM) or shutil.which("chromium")):
         message = f"chromium is not installed at {CHROMIUM} (make test installs it)"
         if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:

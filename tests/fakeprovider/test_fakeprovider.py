@@ -22,7 +22,12 @@ import httpx
 import openai
 import pytest
 
-from keys.balance import BalanceParseError, BalanceReading, FollowUpRequired, parse_balance
+from keys.balance import (
+    BalanceParseError,
+    BalanceReading,
+    FollowUpRequired,
+    parse_balance,
+)
 from tests.fakeprovider import FakeProvider, mask_key
 
 KEY = "sk-abcdEFGHijklMNOPqrst1234"

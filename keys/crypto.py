@@ -1,0 +1,58 @@
+"""Encryption and fingerprints of provider secrets.
+
+- Encryption: `MultiFernet` over `settings.HEADROOM_FIELD_ENCRYPTION_KEYS` (newest first): new
+  ciphertext always uses the first key, decryption tries each. A secret that none of the configured
+  keys opens raises `SecretDecryptError`: it fails closed and never hands back ciphertext.
+  `manage.py rotate_encryption_keys` re-encrypts every stored secret under the first key, after
+  which older keys can be dropped from the list.
+- Fingerprint: HMAC-SHA256 of the secret under a key derived from `SECRET_KEY` (Django's
+  `salted_hmac` with a purpose-specific salt). Why SECRET_KEY and not the Fernet keys: the
+  fingerprint must stay the same while the Fernet key list rotates, otherwise the uniqueness check
+  would miss a secret enrolled before the rotation. A database dump alone therefore does not let
+  anyone confirm a guessed secret. If SECRET_KEY itself changes, `rotate_encryption_keys`
+  recomputes every fingerprint as it re-encrypts.
+"""
+
+import functools
+
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.utils.crypto import salted_hmac
+
+FINGERPRINT_SALT = "headroom.keys.secret_fingerprint.v1"
+NO_ENCRYPTION_KEYS = "HEADROOM_FIELD_ENCRYPTION_KEYS is empty: provider secrets cannot be stored or read."
+DECRYPT_FAILED = "The stored provider secret cannot be decrypted with the configured keys."
+
+
+class SecretDecryptError(Exception):
+    """A stored secret no configured key can open. The message names no secret or ciphertext."""
+
+
+@functools.lru_cache(maxsize=4)
+def _multi_fernet(keys: tuple[str, ...]) -> MultiFernet:
+    return MultiFernet([Fernet(key.encode() if isinstance(key, str) else key) for key in keys])
+
+
+def _fernet() -> MultiFernet:
+    keys = tuple(k for k in getattr(settings, "HEADROOM_FIELD_ENCRYPTION_KEYS", ()) if k)
+    if not keys:
+        raise ImproperlyConfigured(NO_ENCRYPTION_KEYS)
+    return _multi_fernet(keys)
+
+
+def encrypt_secret(secret: str) -> str:
+    return _fernet().encrypt(secret.encode()).decode()
+
+
+def decrypt_secret(ciphertext: str) -> str:
+    if not ciphertext:
+        raise SecretDecryptError(DECRYPT_FAILED)
+    try:
+        return _fernet().decrypt(ciphertext.encode()).decode()
+    except (InvalidToken, UnicodeError, ValueError, TypeError):
+        raise SecretDecryptError(DECRYPT_FAILED) from None
+
+
+def secret_fingerprint(secret: str) -> str:
+    return salted_hmac(FINGERPRINT_SALT, secret, algorithm="sha256").hexdigest()
