@@ -31,7 +31,7 @@ run: install
 	$(PY) manage.py refresh_prices
 	$(PY) manage.py seed_demo
 	@echo "Headroom on http://$(HOST):$(PORT)  (dashboard /, management API /api/v1, gateway /v1)"
-	DJANGO_SETTINGS_MODULE=$${DJANGO_SETTINGS_MODULE:-config.settings.local} $(VENV)/bin/uvicorn config.asgi:application --host $(HOST) --port $(PORT) --lifespan off
+	DJANGO_SETTINGS_MODULE=$${DJANGO_SETTINGS_MODULE:-config.settings.local} $(VENV)/bin/uvicorn config.asgi:application --host $(HOST) --port $(PORT) --lifespan on
 
 test: install-dev
 	bash scripts/ensure-chromium.sh

@@ -127,3 +127,56 @@ class LedgerEntry(models.Model):
 
     def delete(self, *args, **kwargs):
         raise ValueError("Ledger entries are append-only: post a correcting transaction instead.")
+
+
+class BalanceHold(models.Model):
+    """Money reserved for a request in flight: spendable = balance − open holds.
+
+    Not a ledger movement: the request's settlement posts the real cost and
+    releases the hold in the same database transaction. A hold left open by a
+    crashed process is released by `billing.tasks.stale_holds_release_task`.
+    """
+
+    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="holds")
+    request_id = models.CharField(max_length=64, unique=True)
+    amount = models.BigIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    released_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.CheckConstraint(condition=Q(amount__gt=0), name="balance_hold_amount_positive")]
+        indexes = [
+            models.Index(fields=["account"], condition=Q(released_at__isnull=True), name="balance_hold_open"),
+        ]
+
+    def __str__(self) -> str:
+        return f"hold {self.request_id}: {self.amount}"
+
+
+class ByokMonthlyUsage(models.Model):
+    """BYOK requests per billing owner per calendar month (UTC): the free tier's counter."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, null=True, blank=True, related_name="+"
+    )
+    organization = models.ForeignKey(
+        "accounts.Organization", on_delete=models.CASCADE, null=True, blank=True, related_name="+"
+    )
+    month = models.DateField(help_text="The first day of the month, UTC.")
+    requests = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(user__isnull=False, organization__isnull=True)
+                | Q(user__isnull=True, organization__isnull=False),
+                name="byok_usage_one_owner",
+            ),
+            models.UniqueConstraint(fields=["user", "month"], condition=Q(user__isnull=False), name="byok_usage_user_month"),
+            models.UniqueConstraint(
+                fields=["organization", "month"], condition=Q(organization__isnull=False), name="byok_usage_org_month"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user or self.organization} {self.month:%Y-%m}: {self.requests}"

@@ -1,11 +1,13 @@
 """Reads of balances and ledger invariants."""
 
 from dataclasses import dataclass
+from datetime import date, datetime
+from datetime import timezone as dt_timezone
 
 from django.db.models import Count, Q, Sum
 
 from accounts.models import Organization, User
-from billing.models import Account, LedgerEntry, LedgerTransaction
+from billing.models import Account, ByokMonthlyUsage, LedgerEntry, LedgerTransaction
 
 BillingOwner = User | Organization
 
@@ -14,6 +16,13 @@ BillingOwner = User | Organization
 class Balances:
     main: int
     frozen: int
+
+
+def month_start(at: datetime) -> date:
+    """The first day of `at`'s calendar month in UTC: BYOK months and spend limits reset at 00:00 UTC."""
+    if at.tzinfo is not None:
+        at = at.astimezone(dt_timezone.utc)
+    return date(at.year, at.month, 1)
 
 
 def owner_filter(owner: BillingOwner) -> dict:
@@ -29,6 +38,13 @@ def balances_for_owner(*, owner) -> Balances:
     """Main and frozen balance of a user or organization (0 where no account exists yet)."""
     rows = dict(Account.objects.filter(**owner_filter(owner)).values_list("kind", "balance"))
     return Balances(main=rows.get(Account.Kind.MAIN, 0), frozen=rows.get(Account.Kind.FROZEN, 0))
+
+
+def byok_requests_in_month(*, owner: BillingOwner, at) -> int:
+    """BYOK requests the owner has made in the calendar month (UTC) of `at`."""
+    lookup = {k: v for k, v in owner_filter(owner).items() if v is not None}
+    row = ByokMonthlyUsage.objects.filter(month=month_start(at), **lookup).values_list("requests", flat=True).first()
+    return row or 0
 
 
 def ledger_violations(*, limit: int = 50) -> list[str]:

@@ -1,7 +1,13 @@
+"""ASGI entry point: the `/v1` gateway in front of Django (see pool.gateway for why)."""
+
 import os
 
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.production")
 
-application = get_asgi_application()
+django_application = get_asgi_application()
+
+from pool.gateway import Gateway  # noqa: E402  (needs the apps loaded by get_asgi_application)
+
+application = Gateway(django_application)

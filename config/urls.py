@@ -19,6 +19,7 @@ api_v1 = [
     path("", include("keys.urls")),
     path("", include("exchange.urls")),
     path("", include("payouts.urls")),
+    path("", include("pool.api_urls")),
     path("schema", SpectacularAPIView.as_view(), name="schema"),
     path("docs", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("redoc", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),

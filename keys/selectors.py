@@ -69,19 +69,22 @@ def pool_consent_for_user(*, user: User, version: str) -> PoolConsent | None:
     return PoolConsent.objects.filter(user=user, consent_version=version).first()
 
 
+# The rules for which keys may serve, as Q objects so that the gateway's pick can combine them in
+# one statement (platform keys OR exchange keys) without subqueries.
+ROUTABLE = Q(status=Status.ACTIVE, provider__is_active=True) & ~Q(secret_ciphertext="")
+IN_POOL = ROUTABLE & Q(donate_to_pool=True, is_platform=False, provider__pool_clearance=Provider.PoolClearance.CLEARED)
+ON_EXCHANGE = ROUTABLE & Q(exchange=True, is_platform=False)
+PLATFORM = ROUTABLE & Q(is_platform=True)
+BYOK = ROUTABLE & Q(byok=True, is_platform=False)
+
+
 def provider_key_pool_candidates() -> QuerySet[ProviderKey]:
     """Keys the pool may route to: donated, ACTIVE, on an active provider cleared for the pool.
 
     A donated key of a `pending` provider is not here yet; it joins the moment an operator clears
     the provider, because this filter reads the clearance on every pick.
     """
-    return ProviderKey.objects.filter(
-        donate_to_pool=True,
-        status=Status.ACTIVE,
-        is_platform=False,
-        provider__is_active=True,
-        provider__pool_clearance=Provider.PoolClearance.CLEARED,
-    ).exclude(secret_ciphertext="")
+    return ProviderKey.objects.filter(IN_POOL)
 
 
 def provider_key_user_in_pool(*, user: User) -> bool:
@@ -91,6 +94,4 @@ def provider_key_user_in_pool(*, user: User) -> bool:
 
 def provider_key_exchange_candidates() -> QuerySet[ProviderKey]:
     """ACTIVE exchange keys of active providers (payout-rate and global switches are the caller's)."""
-    return ProviderKey.objects.filter(
-        exchange=True, status=Status.ACTIVE, is_platform=False, provider__is_active=True
-    ).exclude(secret_ciphertext="")
+    return ProviderKey.objects.filter(ON_EXCHANGE)

@@ -9,8 +9,24 @@ from .ledger import (
     ledger_transfer,
     platform_account,
 )
+from .usage import (
+    byok_fee_charge,
+    byok_request_count,
+    hold_place,
+    hold_release,
+    holds_release_stale,
+    pool_reward_credit,
+    usage_charge,
+)
 
 __all__ = [
+    "byok_fee_charge",
+    "byok_request_count",
+    "hold_place",
+    "hold_release",
+    "holds_release_stale",
+    "pool_reward_credit",
+    "usage_charge",
     "InsufficientFunds",
     "LedgerError",
     "account_for_owner",

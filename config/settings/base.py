@@ -119,6 +119,7 @@ CELERY_BEAT_SCHEDULE: dict = {
     },
     "keys-probe-paused": {"task": "keys.tasks.provider_keys_probe_paused_task", "schedule": 60},
     "keys-sweep-disabling-and-pending": {"task": "keys.tasks.provider_keys_sweep_task", "schedule": 60},
+    "billing-release-stale-holds": {"task": "billing.tasks.stale_holds_release_task", "schedule": 10 * 60},
 }
 
 # --- Auth ---------------------------------------------------------------------
@@ -249,3 +250,5 @@ HEADROOM_SSE_KEEPALIVE_SECONDS = env.float("HEADROOM_SSE_KEEPALIVE_SECONDS", def
 HEADROOM_POOL_REWARD_PERCENT = "5"
 HEADROOM_BYOK_FREE_REQUESTS = 1_000_000
 HEADROOM_BYOK_FEE_PERCENT = "5"
+# An open balance hold older than this belongs to a request that died with its process.
+HEADROOM_STALE_HOLD_SECONDS = 3600

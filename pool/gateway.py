@@ -1,0 +1,699 @@
+"""The OpenAI-compatible gateway: a small ASGI application for `/v1`, mounted in front of Django.
+
+Why raw ASGI rather than a Django view: PERFORMANCE.md measured Django's ASGI
+handler and its async-wrapped middleware at a large share of the per-request
+budget, and this path needs control Django does not give — counting body bytes
+as they arrive (413 for chunked and understated bodies), noticing a client that
+disconnects mid-stream, and holding the response start until the provider's
+first byte so that a failing key can still be swapped for the next one.
+Everything else (dashboard, management API, admin) goes to Django unchanged.
+
+The flow of one request: authenticate → own rate limit → parse and validate →
+plan the routes and reserve funds (402/403 up front) → pick a key (LRU, atomic)
+→ call the provider; before its first byte a failure tries the next key, or
+fails over from BYOK to the platform → relay (SSE or JSON) while capturing
+usage → settle exactly once (shielded from cancellation) → send the receipt.
+"""
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import aiohttp
+from django.conf import settings
+from django.core.cache import cache
+from django.utils import timezone
+
+from keys.services import (
+    provider_key_record_429,
+    provider_key_record_failure,
+    provider_key_record_success,
+    provider_key_release,
+)
+from pool import errors, sse, upstream
+from pool.db import db_call
+from pool.errors import GatewayError, bad_request
+from pool.models import RequestRecord
+from pool.selectors import Caller, Target, caller_get, routable_models, target_get
+from pool.services import (
+    PickedKey,
+    Plan,
+    Receipt,
+    Settlement,
+    Usage,
+    funds_reserve,
+    key_pick,
+    request_plan,
+    request_settle,
+    worst_case_cost,
+)
+
+logger = logging.getLogger(__name__)
+Route = RequestRecord.Route
+Outcome = RequestRecord.Outcome
+
+FORBIDDEN_FIELDS = ("api_base", "base_url", "api_key", "headers", "extra_headers")
+GATEWAY_FIELDS = ("key_pool_mode",)
+JSON_HEADERS = [(b"content-type", b"application/json")]
+SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+
+
+class Gateway:
+    """ASGI app: `/v1/...` is served here, everything else by `fallback` (Django)."""
+
+    def __init__(self, fallback):
+        self.fallback = fallback
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and (scope["path"] == "/v1" or scope["path"].startswith("/v1/")):
+            await handle(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)  # Django does not speak lifespan; the gateway does
+        else:
+            await self.fallback(scope, receive, send)
+
+    async def _lifespan(self, receive, send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await upstream.close_all()  # finish the pooled provider connections cleanly
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+# --- the request ----------------------------------------------------------------------------------
+
+
+def clock() -> datetime:
+    """When a request is made: it decides the BYOK month (UTC). One seam, for the month-boundary tests."""
+    return timezone.now()
+
+
+@dataclass
+class Call:
+    request_id: str
+    started: float
+    created_at: datetime
+    caller: Caller
+    target: Target
+    task: str
+    stream: bool
+    client_wants_usage: bool
+    upstream_path: str
+    upstream_body: bytes
+    prompt_estimate: int
+    worst_case: int
+    platform_only: bool
+    tried: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Failure:
+    """An upstream failure before the first byte."""
+
+    kind: str  # rate_limited | auth | server | timeout | unreachable | rejected
+    status: int | None = None
+    retry_after: int | None = None
+
+
+async def handle(scope, receive, send) -> None:
+    path = scope["path"].rstrip("/")
+    method = scope["method"]
+    try:
+        endpoint = ENDPOINTS.get(path)
+        if endpoint is None:
+            raise GatewayError(404, errors.NOT_FOUND.format(path=path), code="not_found")
+        if method != endpoint[0]:
+            raise GatewayError(405, errors.METHOD_NOT_ALLOWED.format(method=method, path=path), code="method_not_allowed")
+        headers = _headers(scope)
+        caller = await _authenticate(headers)
+        await _rate_limit(caller)
+        await endpoint[1](scope, receive, send, headers, caller)
+    except GatewayError as error:
+        await _send_json(send, error.status, error.body(), extra=error.headers)
+    except Exception:
+        # Logged without locals or request data (no secrets, no prompts); the client gets a stable shape.
+        logger.exception("gateway request failed on %s", path)
+        with contextlib.suppress(Exception):
+            await _send_json(send, 500, GatewayError(500, errors.INTERNAL, type="api_error", code="internal_error").body())
+
+
+def _headers(scope) -> dict[str, str]:
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+
+
+async def _authenticate(headers: dict[str, str]) -> Caller:
+    scheme, _, raw = headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or len(raw) > 256:
+        raise GatewayError(401, errors.UNAUTHENTICATED, type="authentication_error", code="invalid_api_key")
+    found = await db_call(_caller_get_and_touch, raw=raw.strip())
+    if found is None:
+        raise GatewayError(401, errors.UNAUTHENTICATED, type="authentication_error", code="invalid_api_key")
+    return found
+
+
+def _caller_get_and_touch(*, raw: str) -> Caller | None:
+    from accounts.services import api_key_touch
+
+    found = caller_get(raw)
+    if found is None:
+        return None
+    caller, api_key = found
+    api_key_touch(api_key=api_key)
+    return caller
+
+
+async def _rate_limit(caller: Caller) -> None:
+    """A fixed one-minute window per API key, in the shared cache (Redis in production)."""
+    limit = settings.HEADROOM_RATE_LIMIT_PER_MINUTE
+    if limit <= 0:
+        return
+    window = int(time.time() // 60)
+    key = f"rl:{caller.api_key_id}:{window}"
+    await cache.aadd(key, 0, timeout=120)
+    try:
+        count = await cache.aincr(key)
+    except ValueError:  # expired between add and incr
+        count = 1
+    if count > limit:
+        retry = str(60 - int(time.time()) % 60)
+        raise GatewayError(429, errors.RATE_LIMITED, type="rate_limit_error", code="rate_limited",
+                           headers={"retry-after": retry})
+
+
+async def _read_json(receive, headers: dict[str, str]) -> dict:
+    content_type = headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/json":
+        raise GatewayError(415, errors.NOT_JSON, code="unsupported_media_type")
+    limit = settings.HEADROOM_MAX_BODY_BYTES
+    too_large = GatewayError(413, errors.BODY_TOO_LARGE.format(limit=limit), code="request_too_large")
+    declared = headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise too_large
+    # Count what actually arrives: a chunked body has no length, and a declared one may understate.
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise GatewayError(400, "The client disconnected.", code="client_disconnected")
+        body = message.get("body", b"")
+        size += len(body)
+        if size > limit:
+            raise too_large
+        chunks.append(body)
+        if not message.get("more_body", False):
+            break
+    try:
+        payload = json.loads(b"".join(chunks))
+    except (ValueError, UnicodeDecodeError):
+        raise bad_request(errors.MALFORMED_JSON, code="invalid_json") from None
+    if not isinstance(payload, dict):
+        raise bad_request(errors.NOT_AN_OBJECT, code="invalid_json")
+    for name in FORBIDDEN_FIELDS:
+        if name in payload:
+            raise bad_request(errors.FORBIDDEN_FIELD.format(field=name), param=name, code="forbidden_field")
+    return payload
+
+
+def _require(payload: dict, name: str, kind: type, description: str, *, optional: bool = True):
+    value = payload.get(name)
+    if value is None and optional:
+        return None
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise bad_request(errors.BAD_FIELD.format(field=name, kind=description), param=name)
+    return value
+
+
+async def _target(payload: dict) -> Target:
+    model = payload.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise bad_request(errors.MODEL_REQUIRED, param="model", code="model_required")
+    target = await db_call(target_get, requested=model.strip())
+    if target is None:
+        raise GatewayError(404, errors.MODEL_UNKNOWN.format(model=model[:200]), param="model", code="model_not_found")
+    return target
+
+
+def _pool_mode(payload: dict) -> bool:
+    mode = payload.get("key_pool_mode", "any")
+    if mode not in ("any", "platformOnly"):
+        raise bad_request(errors.BAD_POOL_MODE, param="key_pool_mode")
+    return mode == "platformOnly"
+
+
+def _text_tokens(text_length: int) -> int:
+    """A generous token estimate for reserving funds and for usage a provider did not report."""
+    return math.ceil(text_length / 3)
+
+
+def _prompt_estimate(messages: list) -> int:
+    total = 0
+    for message in messages:
+        total += 4
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            total += _text_tokens(len(content))
+        elif isinstance(content, list):
+            for part in content:
+                if isinstance(part, dict) and isinstance(part.get("text"), str):
+                    total += _text_tokens(len(part["text"]))
+                else:
+                    total += 300  # an image or other part: reserve generously
+    return max(total, 1)
+
+
+def _new_call(*, caller, target, task, stream, wants_usage, path, body, prompt_estimate, max_tokens, platform_only):
+    return Call(
+        request_id=f"req_{uuid.uuid4().hex}",
+        started=time.monotonic(),
+        created_at=clock(),
+        caller=caller,
+        target=target,
+        task=task,
+        stream=stream,
+        client_wants_usage=wants_usage,
+        upstream_path=path,
+        upstream_body=json.dumps(body, separators=(",", ":")).encode(),
+        prompt_estimate=prompt_estimate,
+        worst_case=worst_case_cost(target=target, prompt_tokens=prompt_estimate, max_tokens=max_tokens),
+        platform_only=platform_only,
+    )
+
+
+# --- endpoints ------------------------------------------------------------------------------------
+
+
+async def chat_completions(scope, receive, send, headers, caller: Caller) -> None:
+    payload = await _read_json(receive, headers)
+    target = await _target(payload)
+    messages = payload.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise bad_request(errors.MESSAGES_REQUIRED, param="messages")
+    stream = _require(payload, "stream", bool, "a boolean") or False
+    max_tokens = _require(payload, "max_completion_tokens", int, "an integer") or _require(
+        payload, "max_tokens", int, "an integer"
+    )
+    if max_tokens is not None and max_tokens < 1:
+        raise bad_request(errors.BAD_FIELD.format(field="max_tokens", kind="a positive integer"), param="max_tokens")
+    stream_options = _require(payload, "stream_options", dict, "an object") or {}
+    platform_only = _pool_mode(payload)
+
+    body = {k: v for k, v in payload.items() if k not in GATEWAY_FIELDS}
+    body["model"] = target.model
+    wants_usage = bool(stream_options.get("include_usage"))
+    if stream:
+        # Always ask for usage: settlement needs it. The client sees it only if it asked.
+        body["stream_options"] = {**stream_options, "include_usage": True}
+    call = _new_call(
+        caller=caller, target=target, task="chat", stream=stream, wants_usage=wants_usage,
+        path="chat/completions", body=body, prompt_estimate=_prompt_estimate(messages),
+        max_tokens=max_tokens or settings.HEADROOM_DEFAULT_MAX_TOKENS, platform_only=platform_only,
+    )
+    await dispatch(call, receive, send)
+
+
+async def embeddings(scope, receive, send, headers, caller: Caller) -> None:
+    payload = await _read_json(receive, headers)
+    target = await _target(payload)
+    value = payload.get("input")
+    if isinstance(value, str):
+        length = len(value)
+    elif isinstance(value, list) and value:
+        length = sum(len(v) if isinstance(v, str) else 8 * (len(v) if isinstance(v, list) else 1) for v in value)
+    else:
+        raise bad_request(errors.INPUT_REQUIRED, param="input")
+    platform_only = _pool_mode(payload)
+    body = {k: v for k, v in payload.items() if k not in GATEWAY_FIELDS}
+    body["model"] = target.model
+    call = _new_call(
+        caller=caller, target=target, task="embeddings", stream=False, wants_usage=False,
+        path="embeddings", body=body, prompt_estimate=max(_text_tokens(length), 1), max_tokens=0,
+        platform_only=platform_only,
+    )
+    await dispatch(call, receive, send)
+
+
+async def models(scope, receive, send, headers, caller: Caller) -> None:
+    ids = await db_call(routable_models)
+    created = int(time.time())
+    data = [{"id": i, "object": "model", "created": created, "owned_by": i.split("/", 1)[0]} for i in ids]
+    await _send_json(send, 200, {"object": "list", "data": data})
+
+
+ENDPOINTS = {
+    "/v1/chat/completions": ("POST", chat_completions),
+    "/v1/embeddings": ("POST", embeddings),
+    "/v1/models": ("GET", models),
+}
+
+
+# --- dispatch: routes, keys, fail-over ------------------------------------------------------------
+
+
+async def dispatch(call: Call, receive, send) -> None:
+    plan: Plan = await db_call(
+        request_plan, caller=call.caller, target=call.target, request_id=call.request_id,
+        worst_case=call.worst_case, platform_only=call.platform_only, at=call.created_at,
+    )
+    tried: list[PickedKey] = []
+    try:
+        failure = await _try_routes(call, plan, tried, receive, send)
+    except GatewayError:
+        raise
+    except BaseException:
+        # Whatever broke (a bug, a cancellation): settle as failed so the hold and the key's
+        # in-flight count are released. After a settlement this is a no-op (idempotent).
+        await _finish_failed(call, tried[-1] if tried else None, Failure("internal"))
+        raise
+    if failure is not None:
+        await _finish_failed(call, tried[-1] if tried else None, failure)
+        if failure.kind == "rejected":
+            raise GatewayError(400, errors.UPSTREAM_REJECTED.format(status=failure.status), code="upstream_rejected")
+        raise _final_error(call, failure)
+    if not tried:
+        await _finish_failed(call, None, None)
+        raise _final_error(call, None)
+
+
+async def _try_routes(call: Call, plan: Plan, tried: list[PickedKey], receive, send) -> Failure | None:
+    """Try keys route by route. None: answered and settled (or no key was found; `tried` tells)."""
+    failure: Failure | None = None
+    for position, route in enumerate(plan.routes):
+        if position > 0:
+            # Fail-over from BYOK to the platform: it is charged, so it needs funds now.
+            try:
+                await db_call(funds_reserve, caller=call.caller, route=route, request_id=call.request_id,
+                              worst_case=call.worst_case, at=call.created_at)
+            except GatewayError:
+                return failure
+        for _ in range(settings.HEADROOM_MAX_UPSTREAM_ATTEMPTS):
+            key = await db_call(key_pick, caller=call.caller, target=call.target, route=route,
+                                include_exchange=plan.include_exchange, exclude=tuple(k.key_id for k in tried))
+            if key is None:
+                break
+            if tried:
+                await db_call(provider_key_release, key_id=tried[-1].key_id)
+            tried.append(key)
+            failure = await attempt(call, key, receive, send)
+            if failure is None:
+                return None  # answered and settled
+            if failure.kind == "rejected":
+                return failure  # the request itself is at fault: another key would fare no better
+    return failure
+
+
+async def _finish_failed(call: Call, key: PickedKey | None, failure: Failure | None) -> None:
+    """Settle a request that never got an answer: nothing is charged, the hold is released."""
+    await asyncio.shield(db_call(request_settle, s=_settlement(
+        call, key, Outcome.FAILED, Usage(0, 0),
+        upstream_status=failure.status if failure else None,
+        error_code=failure.kind if failure else "no_key",
+    )))
+
+
+def _final_error(call: Call, failure: Failure | None) -> GatewayError:
+    model = call.target.requested
+    if failure is None:
+        return GatewayError(503, errors.NO_KEY.format(model=model), type="api_error", code="no_key_available")
+    if failure.kind == "rate_limited":
+        headers = {"retry-after": str(failure.retry_after)} if failure.retry_after else {}
+        return GatewayError(429, errors.UPSTREAM_RATE_LIMITED.format(model=model), type="rate_limit_error",
+                            code="upstream_rate_limited", headers=headers)
+    if failure.kind == "timeout":
+        return GatewayError(504, errors.UPSTREAM_TIMEOUT, type="api_error", code="upstream_timeout")
+    if failure.kind == "unreachable":
+        return GatewayError(502, errors.UPSTREAM_UNREACHABLE, type="api_error", code="upstream_unreachable")
+    return GatewayError(502, errors.UPSTREAM_ERROR.format(status=failure.status), type="api_error",
+                        code="upstream_error")
+
+
+def _retry_after(value: str | None) -> int | None:
+    if value and value.strip().isdigit():
+        return min(int(value.strip()), 86_400)
+    return None
+
+
+async def _classify(response: aiohttp.ClientResponse, key: PickedKey) -> Failure:
+    """Read and drop an upstream error body (it may echo the key); remember what matters."""
+    with contextlib.suppress(Exception):
+        await response.content.read(65_536)
+    status = response.status
+    if status == 429:
+        retry_after = _retry_after(response.headers.get("Retry-After"))
+        await db_call(provider_key_record_429, key_id=key.key_id, retry_after_seconds=retry_after)
+        return Failure("rate_limited", status, retry_after)
+    if status in (401, 402, 403):
+        await db_call(provider_key_record_failure, key_id=key.key_id, reason=f"upstream HTTP {status}")
+        return Failure("auth", status)
+    if status >= 500 or status == 408:
+        return Failure("server", status)
+    return Failure("rejected", status)
+
+
+async def attempt(call: Call, key: PickedKey, receive, send) -> Failure | None:
+    """One try on one key. None: the client got its answer and the request is settled."""
+    url = f"{call.target.base_url}/{call.upstream_path}"
+    try:
+        response = await upstream.post(url, secret=key.secret, body=call.upstream_body)
+    except asyncio.TimeoutError:
+        return Failure("timeout")
+    except aiohttp.ClientError:
+        return Failure("unreachable")
+    async with response:
+        if response.status != 200:
+            return await _classify(response, key)
+        try:
+            first = await response.content.readany()
+        except asyncio.TimeoutError:
+            return Failure("timeout")
+        except aiohttp.ClientError:
+            return Failure("server", 200)
+        if not first:
+            return Failure("server", 200)
+        ttfb_ms = int((time.monotonic() - call.started) * 1000)
+        await _record_success(key)
+        if call.stream:
+            await relay_stream(call, key, response, first, ttfb_ms, receive, send)
+        else:
+            await relay_json(call, key, response, first, ttfb_ms, send)
+    return None
+
+
+async def _record_success(key: PickedKey) -> None:
+    if key.had_errors:
+        await db_call(provider_key_record_success, key_id=key.key_id)
+
+
+def _settlement(call: Call, key, outcome: str, usage: Usage, **extra) -> Settlement:
+    return Settlement(
+        request_id=call.request_id,
+        created_at=call.created_at,
+        caller=call.caller,
+        target=call.target,
+        task=call.task,
+        stream=call.stream,
+        outcome=outcome,
+        usage=usage,
+        key=key,
+        latency_ms=int((time.monotonic() - call.started) * 1000),
+        **extra,
+    )
+
+
+def _usage_from(data: object) -> Usage | None:
+    if not isinstance(data, dict):
+        return None
+    prompt = data.get("prompt_tokens", data.get("input_tokens"))
+    completion = data.get("completion_tokens", data.get("output_tokens", 0))
+    if not isinstance(prompt, int) or not isinstance(completion, int) or prompt < 0 or completion < 0:
+        return None
+    return Usage(prompt, completion)
+
+
+def _receipt_usage(usage: dict, receipt: Receipt) -> dict:
+    """OpenRouter-style receipt fields on the usage object: cost charged (USD) and whether BYOK."""
+    from billing.money import usd
+
+    return {**usage, "cost": float(usd(receipt.charged)), "is_byok": receipt.is_byok}
+
+
+def _receipt_headers(call: Call, key: PickedKey) -> list[tuple[bytes, bytes]]:
+    return [(b"x-headroom-route", key.route.encode()), (b"x-headroom-request-id", call.request_id.encode())]
+
+
+async def relay_json(call: Call, key: PickedKey, response, first: bytes, ttfb_ms: int, send) -> None:
+    try:
+        raw = first + await response.read()
+        data = json.loads(raw)
+    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+        data = None
+    usage = _usage_from(data.get("usage")) if isinstance(data, dict) else None
+    if usage is None:
+        outcome = Outcome.CUT if data is None else Outcome.SUCCEEDED
+        completion = 0
+        if isinstance(data, dict):
+            for choice in data.get("choices") or []:
+                content = (choice.get("message") or {}).get("content") if isinstance(choice, dict) else None
+                completion += _text_tokens(len(content)) if isinstance(content, str) else 0
+        usage = Usage(call.prompt_estimate, completion, estimated=True)
+    else:
+        outcome = Outcome.SUCCEEDED
+    receipt = await asyncio.shield(db_call(request_settle, s=_settlement(
+        call, key, outcome, usage, upstream_status=200, ttfb_ms=ttfb_ms,
+    )))
+    if data is None:
+        raise GatewayError(502, errors.UPSTREAM_ERROR.format(status=200), type="api_error", code="upstream_malformed")
+    data["model"] = call.target.requested
+    data["usage"] = _receipt_usage(data.get("usage") if isinstance(data.get("usage"), dict) else {
+        "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+    }, receipt)
+    await _send_json(send, 200, data, extra_raw=_receipt_headers(call, key))
+
+
+@dataclass
+class StreamState:
+    usage: Usage | None = None
+    usage_chunk: dict | None = None
+    content_chars: int = 0
+    content_chunks: int = 0
+    saw_done: bool = False
+
+
+async def relay_stream(call: Call, key: PickedKey, response, first: bytes, ttfb_ms: int, receive, send) -> None:
+    state = StreamState()
+    disconnected = asyncio.Event()
+
+    async def watch_disconnect():
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                disconnected.set()
+                return
+
+    watcher = asyncio.create_task(watch_disconnect())
+    await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + _receipt_headers(call, key)})
+    pump = asyncio.create_task(_pump(call, response, first, state, send))
+    outcome = Outcome.CANCELLED
+    try:
+        done, _ = await asyncio.wait({pump, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if pump in done:
+            outcome = pump.result()
+        else:
+            pump.cancel()  # the client left: stop reading the provider (closes the upstream call)
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pump
+    finally:
+        watcher.cancel()
+        usage = state.usage or Usage(
+            call.prompt_estimate, max(state.content_chunks, _text_tokens(state.content_chars)), estimated=True
+        )
+        receipt = await asyncio.shield(db_call(request_settle, s=_settlement(
+            call, key, outcome, usage, upstream_status=200, ttfb_ms=ttfb_ms,
+            error_code="" if outcome == Outcome.SUCCEEDED else outcome,
+        )))
+    if outcome == Outcome.CANCELLED:
+        return
+    tail = b""
+    if outcome == Outcome.SUCCEEDED:
+        if call.client_wants_usage:
+            chunk = state.usage_chunk or {
+                "id": call.request_id, "object": "chat.completion.chunk", "created": int(time.time()),
+                "model": call.target.requested, "choices": [],
+                "usage": {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+                          "total_tokens": usage.prompt_tokens + usage.completion_tokens},
+            }
+            chunk["usage"] = _receipt_usage(chunk.get("usage") or {}, receipt)
+            tail += sse.encode(chunk)
+        tail += sse.encode(sse.DONE)
+    else:
+        tail += sse.encode(GatewayError(502, errors.STREAM_CUT, type="api_error", code="upstream_stream_cut").body())
+    await send({"type": "http.response.body", "body": tail, "more_body": False})
+
+
+async def _pump(call: Call, response, first: bytes, state: StreamState, send) -> str:
+    """Relay provider events to the client until [DONE]; returns the outcome."""
+    splitter = sse.EventSplitter()
+    keepalive = settings.HEADROOM_SSE_KEEPALIVE_SECONDS
+    chunk = first
+    try:
+        while True:
+            out = []
+            for event in splitter.feed(chunk):
+                forwarded = _inspect(event, state, call)
+                if forwarded is not None:
+                    out.append(forwarded)
+            if out:
+                await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
+            if state.saw_done:
+                return Outcome.SUCCEEDED
+            try:
+                chunk = await asyncio.wait_for(response.content.readany(), timeout=keepalive)
+            except asyncio.TimeoutError:
+                # Idle upstream: keep proxies and clients from timing the stream out.
+                await send({"type": "http.response.body", "body": b": keepalive\n\n", "more_body": True})
+                chunk = b""
+                continue
+            if not chunk:
+                return Outcome.CUT  # the provider closed the stream without [DONE]
+    except (aiohttp.ClientError, ConnectionError):
+        return Outcome.CUT
+
+
+def _inspect(event: bytes, state: StreamState, call: Call) -> bytes | None:
+    """Look at one event: capture usage, count content, hide what the client did not ask for."""
+    data = sse.event_data(event)
+    if data is None:
+        return event + b"\n\n"  # a comment: pass it on
+    if data.strip() == sse.DONE:
+        state.saw_done = True
+        return None  # sent after settlement, behind the receipt
+    try:
+        payload = json.loads(data)
+    except ValueError:
+        return event + b"\n\n"
+    if not isinstance(payload, dict):
+        return event + b"\n\n"
+    if "error" in payload:
+        # A provider error mid-stream: never relayed as is (it may echo the key).
+        raise aiohttp.ClientPayloadError("provider error event")
+    usage = _usage_from(payload.get("usage"))
+    if usage is not None:
+        state.usage = usage  # cumulative formats: the last value is the total
+    choices = payload.get("choices")
+    if usage is not None and not choices:
+        state.usage_chunk = payload
+        return None  # the usage chunk goes out after settlement, with the cost, if asked for
+    for choice in choices or []:
+        delta = choice.get("delta") if isinstance(choice, dict) else None
+        content = delta.get("content") if isinstance(delta, dict) else None
+        if isinstance(content, str) and content:
+            state.content_chunks += 1
+            state.content_chars += len(content)
+    if usage is not None and not call.client_wants_usage:
+        payload.pop("usage", None)
+        return sse.encode(payload)
+    return event + b"\n\n"
+
+
+async def _send_json(send, status: int, body: dict, *, extra: dict | None = None, extra_raw=None) -> None:
+    data = json.dumps(body, separators=(",", ":")).encode()
+    headers = list(JSON_HEADERS) + [(b"content-length", str(len(data)).encode())]
+    for name, value in (extra or {}).items():
+        headers.append((name.encode(), value.encode()))
+    headers.extend(extra_raw or [])
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": data})
+

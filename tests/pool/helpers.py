@@ -1,0 +1,41 @@
+"""Reading the ledger in gateway tests."""
+
+from decimal import Decimal
+
+from billing.models import Account
+from billing.money import parse_usd
+from billing.selectors import balances_for_owner, ledger_violations
+
+SIGNUP = parse_usd("2.00")
+
+
+def main(owner) -> int:
+    return balances_for_owner(owner=owner).main
+
+
+def frozen(owner) -> int:
+    return balances_for_owner(owner=owner).frozen
+
+
+def platform(kind: str) -> int:
+    account = Account.objects.filter(kind=kind, user=None, organization=None).first()
+    return account.balance if account else 0
+
+
+def spend_all(user) -> None:
+    """Move a member's whole main balance out through the ledger (an adjustment)."""
+    from billing.services import account_for_owner, ledger_transfer, platform_account
+
+    source = account_for_owner(owner=user, kind=Account.Kind.MAIN)
+    if source.balance:
+        ledger_transfer(source=source, destination=platform_account(Account.Kind.ADJUSTMENTS),
+                        amount=source.balance, idempotency_key=f"test-spend-all:{user.pk}", kind="adjustment")
+
+
+def usd_float(nanos: int) -> float:
+    return float(Decimal(nanos) / 1_000_000_000)
+
+
+def assert_ledger_clean() -> None:
+    assert ledger_violations() == []
+    assert sum(Account.objects.values_list("balance", flat=True)) == 0

@@ -1,0 +1,63 @@
+"""The gateway under concurrent load on real PostgreSQL: fair LRU, no self-routing, one pause."""
+
+import asyncio
+from collections import Counter
+
+import pytest
+from openai import AsyncOpenAI
+
+from keys.models import ProviderKey, ProviderKeyLoad, ProviderKeyTransition
+from pool.models import RequestRecord
+from tests.pool.conftest import MODEL, PROMPT, PROVIDER
+from tests.pool.helpers import SIGNUP, assert_ledger_clean, main
+
+pytestmark = pytest.mark.postgres
+
+POOL_MODEL_ID = f"{PROVIDER}-pool/{MODEL}"
+
+
+async def _burst(api_key: str, url: str, model: str, n: int) -> list:
+    client = AsyncOpenAI(api_key=api_key, base_url=f"{url}/v1", max_retries=0, timeout=60)
+    try:
+        return await asyncio.gather(
+            *(client.chat.completions.create(model=model, messages=PROMPT) for _ in range(n)),
+            return_exceptions=True,
+        )
+    finally:
+        await client.close()
+
+
+def test_two_hundred_concurrent_pool_requests_share_three_keys_fairly(world):
+    requester = world.member()
+    own_key = world.key(owner=requester.user, donate_to_pool=True)  # passes the gate; must never serve them
+    donors = [world.member() for _ in range(3)]
+    donor_keys = [world.key(owner=d.user, donate_to_pool=True) for d in donors]
+
+    results = asyncio.run(_burst(requester.api_key, world.url, POOL_MODEL_ID, 200))
+
+    failures = [r for r in results if isinstance(r, Exception)]
+    assert failures == []
+    used = Counter(RequestRecord.objects.values_list("provider_key_id", flat=True))
+    assert own_key.pk not in used  # zero self-matches
+    assert set(used) == {k.pk for k in donor_keys}
+    upstream_calls = {k.pk: world.fake.count(key=k.secret, path="/chat/completions") for k in donor_keys}
+    assert upstream_calls == dict(used)  # one upstream call per request: no retries skewed the count
+    assert all(66 <= used[k.pk] <= 67 for k in donor_keys), used
+    assert world.fake.count(key=own_key.secret, path="/chat/completions") == 0
+    assert main(requester.user) == SIGNUP
+    assert ProviderKeyLoad.objects.filter(in_flight__gt=0).count() == 0
+    assert_ledger_clean()
+
+
+def test_concurrent_429s_pause_the_key_exactly_once(world, settings):
+    key = world.key()
+    world.fake.script(key.secret, status=429, retry_after=5)
+    alice = world.member()
+
+    results = asyncio.run(_burst(alice.api_key, world.url, f"{PROVIDER}/{MODEL}", 12))
+
+    assert all(getattr(r, "status_code", None) in (429, 503) for r in results), results
+    key.refresh_from_db()
+    assert key.status == ProviderKey.Status.PAUSED
+    assert ProviderKeyTransition.objects.filter(key=key, to_status=ProviderKey.Status.PAUSED).count() == 1
+    assert_ledger_clean()

@@ -1,0 +1,215 @@
+"""Every route kind through the official openai SDK, streaming and not, with its exact ledger effect."""
+
+from decimal import Decimal
+
+import pytest
+
+from billing.models import ByokMonthlyUsage
+from billing.money import percent_of
+from keys.models import ProviderKeyStats
+from pool.models import RequestRecord
+from tests.pool.conftest import (
+    COMPLETION_TOKENS,
+    COST,
+    MODEL,
+    PROMPT,
+    PROMPT_TOKENS,
+    PROVIDER,
+)
+from tests.pool.helpers import (
+    SIGNUP,
+    assert_ledger_clean,
+    frozen,
+    main,
+    platform,
+    usd_float,
+)
+
+MODEL_ID = f"{PROVIDER}/{MODEL}"
+POOL_MODEL_ID = f"{PROVIDER}-pool/{MODEL}"
+
+
+def _chat(member, url, *, stream=False, include_usage=False, model=MODEL_ID, **extra):
+    client = member.client(url)
+    if not stream:
+        raw = client.chat.completions.with_raw_response.create(model=model, messages=PROMPT, **extra)
+        return raw.headers, raw.parse()
+    options = {"stream_options": {"include_usage": True}} if include_usage else {}
+    raw = client.chat.completions.with_raw_response.create(model=model, messages=PROMPT, stream=True, **options, **extra)
+    return raw.headers, list(raw.parse())
+
+
+def test_platform_route_charges_the_notional_cost(world):
+    world.key()  # a platform key
+    alice = world.member()
+
+    headers, completion = _chat(alice, world.url)
+
+    assert headers["x-headroom-route"] == "platform"
+    assert headers["x-headroom-request-id"].startswith("req_")
+    assert completion.usage.prompt_tokens == PROMPT_TOKENS
+    assert completion.usage.completion_tokens == COMPLETION_TOKENS
+    assert completion.usage.cost == usd_float(COST)
+    assert completion.usage.is_byok is False
+    assert completion.model == MODEL_ID
+    assert main(alice.user) == SIGNUP - COST
+    assert platform("revenue") == COST
+    record = RequestRecord.objects.get()
+    assert (record.route, record.outcome, record.cost, record.charged, record.reward) == (
+        "platform", "succeeded", COST, COST, 0
+    )
+    assert record.request_id == headers["x-headroom-request-id"]
+    assert_ledger_clean()
+
+
+@pytest.mark.parametrize("include_usage", [True, False])
+def test_platform_route_streaming(world, include_usage):
+    world.key()
+    alice = world.member()
+
+    headers, chunks = _chat(alice, world.url, stream=True, include_usage=include_usage)
+
+    assert headers["content-type"].startswith("text/event-stream")
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.split() == [f"tok{i}" for i in range(COMPLETION_TOKENS)]
+    usage_chunks = [c for c in chunks if c.usage]
+    if include_usage:
+        assert len(usage_chunks) == 1
+        assert usage_chunks[0].usage.cost == usd_float(COST)
+        assert usage_chunks[0].usage.completion_tokens == COMPLETION_TOKENS
+    else:
+        assert usage_chunks == []  # asked of the provider for settlement, hidden from the client
+    # the provider was asked for usage either way
+    sent = [r.json for r in world.fake.requests if r.path.endswith("/chat/completions")]
+    assert sent[0]["stream_options"]["include_usage"] is True
+    assert "key_pool_mode" not in sent[0]
+    record = RequestRecord.objects.get()
+    assert (record.stream, record.usage_estimated, record.charged) == (True, False, COST)
+    assert main(alice.user) == SIGNUP - COST
+    assert_ledger_clean()
+
+
+def test_exchange_route_pays_the_owner_into_frozen_balance(world):
+    from exchange.selectors import payout_rate_resolve
+
+    bob = world.member()
+    key = world.key(owner=bob.user, exchange=True)
+    alice = world.member()
+
+    headers, completion = _chat(alice, world.url)
+
+    assert headers["x-headroom-route"] == "exchange"
+    rate = payout_rate_resolve(user=bob.user, provider=world.provider, task="chat").percent
+    assert rate > 0
+    earning = percent_of(COST, Decimal(rate))
+    assert main(alice.user) == SIGNUP - COST
+    assert frozen(bob.user) == earning
+    assert main(bob.user) == SIGNUP
+    record = RequestRecord.objects.get()
+    assert (record.route, record.reward, record.payout_rate) == ("exchange", earning, rate)
+    stats = ProviderKeyStats.objects.get(key=key)
+    assert (stats.requests_served, stats.credits_earned) == (1, earning)
+    assert_ledger_clean()
+
+
+def test_platform_only_leaves_exchange_keys_out(world):
+    bob = world.member()
+    world.key(owner=bob.user, exchange=True)
+    alice = world.member(key_pool_mode="platformOnly")
+    from openai import APIStatusError
+
+    with pytest.raises(APIStatusError) as raised:
+        _chat(alice, world.url)
+    assert raised.value.status_code == 503
+    # the same refusal when the request body asks for it
+    carol = world.member()
+    with pytest.raises(APIStatusError) as raised:
+        _chat(carol, world.url, extra_body={"key_pool_mode": "platformOnly"})
+    assert raised.value.status_code == 503
+    assert frozen(bob.user) == 0
+    assert_ledger_clean()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_byok_route_is_free_within_the_tier(world, stream):
+    alice = world.member()
+    world.key(owner=alice.user, byok=True)
+
+    headers, result = _chat(alice, world.url, stream=stream, include_usage=True)
+
+    assert headers["x-headroom-route"] == "byok"
+    usage = result.usage if not stream else [c for c in result if c.usage][0].usage
+    assert usage.is_byok is True
+    assert usage.cost == 0
+    assert main(alice.user) == SIGNUP
+    assert ByokMonthlyUsage.objects.get(user=alice.user).requests == 1
+    record = RequestRecord.objects.get()
+    assert (record.route, record.cost, record.charged, record.fee) == ("byok", COST, 0, 0)
+    assert_ledger_clean()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_pool_route_rewards_the_donor_and_never_self_serves(world, stream):
+    alice = world.member()
+    alice_key = world.key(owner=alice.user, donate_to_pool=True)
+    bob = world.member()
+    bob_key = world.key(owner=bob.user, donate_to_pool=True)
+
+    for _ in range(3):
+        headers, _ = _chat(alice, world.url, model=POOL_MODEL_ID, stream=stream)
+        assert headers["x-headroom-route"] == "pool"
+
+    reward = percent_of(COST, Decimal(5))
+    assert main(alice.user) == SIGNUP  # the requester is not charged
+    assert main(bob.user) == SIGNUP + 3 * reward
+    assert platform("pool_rewards") == -3 * reward
+    assert world.fake.count(key=alice_key.secret, path="/chat/completions") == 0
+    assert world.fake.count(key=bob_key.secret, path="/chat/completions") == 3
+    assert set(RequestRecord.objects.values_list("provider_key_id", flat=True)) == {bob_key.pk}
+    assert ProviderKeyStats.objects.get(key=bob_key).credits_earned == 3 * reward
+    assert_ledger_clean()
+
+
+def test_embeddings_and_models(world):
+    world.key()
+    alice = world.member()
+    client = alice.client(world.url)
+
+    raw = client.embeddings.with_raw_response.create(model=MODEL_ID, input=["one two", "three"])
+    result = raw.parse()
+    assert raw.headers["x-headroom-route"] == "platform"
+    assert len(result.data) == 2
+    record = RequestRecord.objects.get()
+    assert record.task == "embeddings"
+    assert record.cost == record.prompt_tokens * 1_000 > 0
+    assert main(alice.user) == SIGNUP - record.cost
+
+    ids = [m.id for m in client.models.list()]
+    assert MODEL_ID in ids and POOL_MODEL_ID in ids
+    assert_ledger_clean()
+
+
+def test_global_zero_rate_takes_exchange_keys_out_whatever_user_rules_say(world):
+    from exchange.models import PayoutRateRule
+    from exchange.services import payout_rate_global_set
+
+    bob = world.member()
+    exchange_key = world.key(owner=bob.user, exchange=True)
+    platform_key = world.key()
+    # given a generous user override for Bob, then the global switch at 0%
+    PayoutRateRule.objects.create(user=bob.user, percent=Decimal("50.00"))
+    payout_rate_global_set(percent="0")
+    alice = world.member()
+
+    routes = {_chat(alice, world.url)[0]["x-headroom-route"] for _ in range(4)}
+
+    assert routes == {"platform"}  # platform keys keep serving
+    assert world.fake.count(key=exchange_key.secret, path="/chat/completions") == 0
+    assert world.fake.count(key=platform_key.secret, path="/chat/completions") == 4
+    assert frozen(bob.user) == 0
+    # and back on: the exchange key serves again, at Bob's own rate
+    payout_rate_global_set(percent="80")
+    routes = {_chat(alice, world.url)[0]["x-headroom-route"] for _ in range(4)}
+    assert routes == {"platform", "exchange"}
+    assert frozen(bob.user) == 2 * percent_of(COST, Decimal("50.00"))
+    assert_ledger_clean()
