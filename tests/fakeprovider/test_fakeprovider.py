@@ -30,8 +30,8 @@ from keys.balance import (
 )
 from tests.fakeprovider import FakeProvider, mask_key
 
-KEY = "sk-abcdEFGHijklMNOPqrst1234"
-OTHER = "sk-zyxwVUTSrqpoNMLKjihg9876"
+KEY = "sk-test-abcdEFGH-ijklMNOP-1234"
+OTHER = "sk-test-zyxwVUTS-rqpoNMLK-9876"
 MESSAGES = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "say three words"}]
 PROMPT_TOKENS = 5  # "be brief" + "say three words"
 
@@ -257,8 +257,8 @@ def test_401_echoes_a_key_fragment_like_openai(fake, sdk):
         sdk.chat.completions.create(model="m", messages=MESSAGES)
     assert excinfo.value.status_code == 401
     assert excinfo.value.code == "invalid_api_key"
-    assert mask_key(KEY) == "sk-ab****1234"
-    assert "Incorrect API key provided: sk-ab****1234" in excinfo.value.message
+    assert mask_key(KEY) == "sk-te****1234"
+    assert "Incorrect API key provided: sk-te****1234" in excinfo.value.message
 
 
 def test_429_carries_retry_after(fake, http, sdk):
@@ -476,7 +476,7 @@ def test_malformed_balance_does_not_consume_on_chat(fake, http):
     ("path", "check"),
     [
         ("/user/balance", lambda b: b["error"]["type"] == "authentication_error"
-         and "Authentication Fails, Your api key: sk-ab****1234 is invalid" == b["error"]["message"]),
+         and "Authentication Fails, Your api key: sk-te****1234 is invalid" == b["error"]["message"]),
         ("/api/v1/key", lambda b: b["error"]["code"] == 401 and "User not found." in b["error"]["message"]),
         ("/api/v1/credits", lambda b: b["error"]["code"] == 401),
         ("/v1/users/me/balance", lambda b: b["error"]["type"] == "invalid_authentication_error"),

@@ -138,7 +138,7 @@ def test_add_platform_key_reads_the_secret_from_standard_input(make_provider, fa
 
 @pytest.mark.parametrize(
     ("provider", "stdin", "message"),
-    [("nope", "sk-0123456789abcdef0123", "Unknown or inactive provider"), ("groq", "\n", "No secret on standard input"),
+    [("nope", "sk-test-0123456789-abcdef", "Unknown or inactive provider"), ("groq", "\n", "No secret on standard input"),
      ("groq", "tiny\n", "invalid secret")],
 )
 def test_add_platform_key_refusals(provider, stdin, message):
