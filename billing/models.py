@@ -48,6 +48,9 @@ class Account(models.Model):
     )
     kind = models.CharField(max_length=32, choices=Kind.choices)
     balance = models.BigIntegerField(default=0, help_text="Nanodollars; the sum of this account's entries.")
+    held = models.BigIntegerField(
+        default=0, help_text="Nanodollars reserved by requests in flight: the sum of its open holds."
+    )
     may_go_negative = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -56,6 +59,7 @@ class Account(models.Model):
             models.CheckConstraint(
                 condition=Q(may_go_negative=True) | Q(balance__gte=0), name="account_balance_not_below_floor"
             ),
+            models.CheckConstraint(condition=Q(held__gte=0), name="account_held_not_negative"),
             models.CheckConstraint(
                 condition=(
                     Q(user__isnull=False, organization__isnull=True, kind__in=["main", "frozen"])
@@ -130,11 +134,13 @@ class LedgerEntry(models.Model):
 
 
 class BalanceHold(models.Model):
-    """Money reserved for a request in flight: spendable = balance − open holds.
+    """Money reserved for a request in flight: spendable = balance − held.
 
     Not a ledger movement: the request's settlement posts the real cost and
-    releases the hold in the same database transaction. A hold left open by a
-    crashed process is released by `billing.tasks.stale_holds_release_task`.
+    releases the hold in the same database transaction. `Account.held` caches
+    the sum of the open holds so that placing one is a single conditional
+    UPDATE (billing.services.usage). A hold left open by a crashed process is
+    released by `billing.tasks.stale_holds_release_task`.
     """
 
     account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="holds")

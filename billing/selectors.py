@@ -52,7 +52,8 @@ def ledger_violations(*, limit: int = 50) -> list[str]:
 
     1. each transaction has at least two entries and they sum to zero;
     2. all entries together sum to zero;
-    3. each account's cached balance equals the sum of its entries;
+    3. each account's cached balance equals the sum of its entries, and its
+       cached `held` the sum of its open holds;
     4. no account that may not go negative is below zero.
     """
     problems: list[str] = []
@@ -78,6 +79,13 @@ def ledger_violations(*, limit: int = 50) -> list[str]:
             problems.append(f"account {pk} ({kind}) caches {balance} but its entries sum to {entries_total or 0}")
             if len(problems) >= limit:
                 return problems
+
+    held = Account.objects.annotate(
+        open_holds=Sum("holds__amount", filter=Q(holds__released_at__isnull=True))
+    ).values_list("pk", "kind", "held", "open_holds")
+    for pk, kind, cached, open_holds in held.iterator():
+        if cached != (open_holds or 0):
+            problems.append(f"account {pk} ({kind}) caches {cached} held but its open holds sum to {open_holds or 0}")
 
     for pk, kind, balance in Account.objects.filter(may_go_negative=False, balance__lt=0).values_list(
         "pk", "kind", "balance"

@@ -50,9 +50,8 @@ class Plan:
 
 
 def _billing_owner(caller: Caller) -> User | Organization:
-    if caller.organization_id:
-        return Organization.objects.get(pk=caller.organization_id)
-    return User.objects.get(pk=caller.user_id)
+    """A reference to the billing owner by primary key: billing needs which owner, not its row."""
+    return Organization(pk=caller.organization_id) if caller.organization_id else User(pk=caller.user_id)
 
 
 def worst_case_cost(*, target: Target, prompt_tokens: int, max_tokens: int) -> int:
@@ -208,9 +207,7 @@ def _receipt(record: RequestRecord) -> Receipt:
 
 
 def _key_owner(key: PickedKey) -> User | Organization:
-    if key.owner_org_id:
-        return Organization.objects.get(pk=key.owner_org_id)
-    return User.objects.get(pk=key.owner_user_id)
+    return Organization(pk=key.owner_org_id) if key.owner_org_id else User(pk=key.owner_user_id)
 
 
 def request_settle(*, s: Settlement) -> Receipt:

@@ -64,30 +64,35 @@ def ledger_post(
 ) -> LedgerTransaction:
     """Post one balanced transaction, exactly once per idempotency key.
 
-    Locks the accounts involved (SELECT … FOR UPDATE, in primary-key order so
-    two posts never deadlock), refuses to take an account that may not go
-    negative below zero, writes the entries and moves the cached balances with
-    F() in the same database transaction. A second call with the same key
-    returns the first transaction and moves nothing, whatever its legs.
+    Locks the accounts that have a floor (SELECT … FOR UPDATE, in primary-key
+    order so two posts never deadlock) and refuses to take one below zero;
+    writes the entries and moves the cached balances with F() in the same
+    database transaction. A second call with the same key returns the first
+    transaction and moves nothing, whatever its legs.
+
+    Platform accounts (no floor) are not locked up front and are updated last:
+    every charge in the system credits the same revenue account, and its row
+    lock is then held only from that last UPDATE to the commit.
     """
     _validate(legs, idempotency_key)
     deltas: dict[int, int] = {}
+    floorless: set[int] = set()
     for account, amount in legs:
         deltas[account.pk] = deltas.get(account.pk, 0) + amount
+        if account.may_go_negative:
+            floorless.add(account.pk)
 
     with transaction.atomic():
-        locked = {
-            a.pk: a
-            for a in Account.objects.select_for_update().filter(pk__in=deltas).order_by("pk")
-        }
+        floored = sorted(pk for pk in deltas if pk not in floorless)
+        locked = {a.pk: a for a in Account.objects.select_for_update().filter(pk__in=floored).order_by("pk")}
         # Checked after the locks: a concurrent post with the same key that got
         # there first has committed by now.
         existing = LedgerTransaction.objects.filter(idempotency_key=idempotency_key).first()
         if existing is not None:
             return existing
-        for pk, delta in deltas.items():
+        for pk in floored:
             account = locked[pk]
-            if not account.may_go_negative and account.balance + delta < 0:
+            if not account.may_go_negative and account.balance + deltas[pk] < 0:
                 raise InsufficientFunds(account)
         try:
             with transaction.atomic():
@@ -98,9 +103,9 @@ def ledger_post(
         LedgerEntry.objects.bulk_create(
             [LedgerEntry(transaction=txn, account_id=account.pk, amount=amount) for account, amount in legs]
         )
-        for pk, delta in deltas.items():
-            if delta:
-                Account.objects.filter(pk=pk).update(balance=F("balance") + delta)
+        for pk in [*floored, *sorted(floorless)]:
+            if deltas[pk]:
+                Account.objects.filter(pk=pk).update(balance=F("balance") + deltas[pk])
     return txn
 
 

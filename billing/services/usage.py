@@ -8,7 +8,7 @@ id, so a retried settlement moves nothing twice.
 from datetime import datetime, timedelta
 
 from django.db import transaction
-from django.db.models import F, Sum
+from django.db.models import F
 from django.utils import timezone
 
 from billing.models import Account, BalanceHold, ByokMonthlyUsage, LedgerTransaction
@@ -21,32 +21,43 @@ from .ledger import (
     platform_account,
 )
 
-HOLD_INSUFFICIENT = "Your balance does not cover this request's worst-case cost."
-
-
-def _spendable(account: Account) -> int:
-    held = BalanceHold.objects.filter(account=account, released_at__isnull=True).aggregate(s=Sum("amount"))["s"] or 0
-    return account.balance - held
 
 
 def hold_place(*, owner: BillingOwner, amount: int, request_id: str) -> BalanceHold | None:
     """Reserve `amount` of the owner's main balance for a request, or raise InsufficientFunds.
 
-    Holds the account row lock while it checks, so concurrent requests cannot
-    together reserve more than the balance. A zero amount reserves nothing.
+    One conditional UPDATE (`balance − held ≥ amount`) both checks and reserves,
+    so concurrent requests cannot together reserve more than the balance, and
+    the account row is locked only from that statement to the commit right
+    after it. A zero amount reserves nothing.
     """
     if amount <= 0:
         return None
     account = account_for_owner(owner=owner, kind=Account.Kind.MAIN)
     with transaction.atomic():
-        account = Account.objects.select_for_update().get(pk=account.pk)
-        if _spendable(account) < amount:
+        hold = BalanceHold.objects.create(account=account, amount=amount, request_id=request_id)
+        reserved = Account.objects.filter(pk=account.pk, balance__gte=F("held") + amount).update(
+            held=F("held") + amount
+        )
+        if not reserved:
             raise InsufficientFunds(account)
-        return BalanceHold.objects.create(account=account, amount=amount, request_id=request_id)
+    return hold
+
+
+def _release(holds) -> int:
+    """Close open holds and give their amounts back to their accounts; each hold exactly once."""
+    released = 0
+    now = timezone.now()
+    for pk, account_id, amount in holds.values_list("pk", "account_id", "amount"):
+        if BalanceHold.objects.filter(pk=pk, released_at__isnull=True).update(released_at=now):
+            Account.objects.filter(pk=account_id).update(held=F("held") - amount)
+            released += 1
+    return released
 
 
 def hold_release(*, request_id: str) -> None:
-    BalanceHold.objects.filter(request_id=request_id, released_at__isnull=True).update(released_at=timezone.now())
+    """Release a request's hold (if any is open). Caller holds the settlement transaction."""
+    _release(BalanceHold.objects.filter(request_id=request_id, released_at__isnull=True))
 
 
 def holds_release_stale(*, older_than: timedelta) -> int:
@@ -56,9 +67,8 @@ def holds_release_stale(*, older_than: timedelta) -> int:
     older open hold can only belong to a request that will never settle.
     """
     cutoff = timezone.now() - older_than
-    return BalanceHold.objects.filter(released_at__isnull=True, created_at__lt=cutoff).update(
-        released_at=timezone.now()
-    )
+    with transaction.atomic():
+        return _release(BalanceHold.objects.filter(released_at__isnull=True, created_at__lt=cutoff))
 
 
 def _charge_capped(*, owner: BillingOwner, amount: int, idempotency_key: str, kind: str, memo: str) -> int:
@@ -70,8 +80,11 @@ def _charge_capped(*, owner: BillingOwner, amount: int, idempotency_key: str, ki
     """
     if amount <= 0:
         return 0
-    main = account_for_owner(owner=owner, kind=Account.Kind.MAIN)
-    taken = min(amount, Account.objects.select_for_update().get(pk=main.pk).balance)
+    main = (
+        Account.objects.select_for_update().filter(kind=Account.Kind.MAIN, **owner_filter(owner)).first()
+        or account_for_owner(owner=owner, kind=Account.Kind.MAIN)
+    )
+    taken = min(amount, main.balance)
     if taken <= 0:
         return 0
     txn = ledger_transfer(
