@@ -40,7 +40,7 @@ def private_upstreams_allowed() -> bool:
     return bool(getattr(settings, "HEADROOM_ALLOW_PRIVATE_UPSTREAMS", False))
 
 
-def _address_is_public(address: str) -> bool:
+def address_is_public(address: str) -> bool:
     ip = ipaddress.ip_address(address.split("%", 1)[0])  # drop an IPv6 zone id
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
@@ -96,7 +96,7 @@ def check_base_url(url: object, *, resolve: bool = True) -> str:
         raise UpstreamRefused(URL_PRIVATE_HOST.format(host=host))
     literal = _literal_address(host)
     if literal is not None:
-        if not _address_is_public(literal):
+        if not address_is_public(literal):
             raise UpstreamRefused(URL_PRIVATE_HOST.format(host=host))
         return url  # type: ignore[return-value]
     if resolve:
@@ -104,7 +104,7 @@ def check_base_url(url: object, *, resolve: bool = True) -> str:
             addresses = _resolve(host, port)
         except (OSError, UnicodeError):
             return url  # type: ignore[return-value]
-        if not all(_address_is_public(a) for a in addresses):
+        if not all(address_is_public(a) for a in addresses):
             raise UpstreamRefused(URL_PRIVATE_HOST.format(host=host))
     return url  # type: ignore[return-value]
 
@@ -129,7 +129,7 @@ def resolve_upstream(url: str) -> str:
         addresses = _resolve(host, port)
     except UnicodeError:
         raise UpstreamRefused(URL_UNRESOLVABLE.format(host=host)) from None
-    if not addresses or not all(_address_is_public(a) for a in addresses):
+    if not addresses or not all(address_is_public(a) for a in addresses):
         raise UpstreamRefused(URL_PRIVATE_HOST.format(host=host))
     return url
 

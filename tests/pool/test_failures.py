@@ -188,3 +188,27 @@ def test_exchange_earning_only_on_success(world):
     rate = payout_rate_resolve(user=bob.user, provider=world.provider, task="chat").percent
     assert balances_for_owner(owner=bob.user).frozen == percent_of(COST, Decimal(rate))
     assert_ledger_clean()
+
+
+@pytest.mark.parametrize("allowed", [True, False])
+def test_upstream_names_resolving_to_private_addresses_are_refused_at_connect_time(world, settings, allowed):
+    from keys.models import Provider
+    from pool import upstream
+
+    # given a provider whose host name resolves to loopback (as after a DNS change)
+    Provider.objects.filter(pk=world.provider.pk).update(base_url=world.fake.url.replace("127.0.0.1", "localhost") + "/v1")
+    key = world.key()
+    settings.HEADROOM_ALLOW_PRIVATE_UPSTREAMS = allowed
+    upstream._sessions.clear()  # a fresh connector: no cached resolution
+    alice = world.member()
+
+    if allowed:
+        assert _ask(alice, world.url).choices
+    else:
+        with pytest.raises(APIStatusError) as raised:
+            _ask(alice, world.url)
+        assert (raised.value.status_code, raised.value.body["code"]) == (502, "upstream_unreachable")
+        assert world.fake.count(key=key.secret, path="/chat/completions") == 0
+        assert main(alice.user) == SIGNUP
+    upstream._sessions.clear()
+    assert_ledger_clean()
