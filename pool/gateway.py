@@ -22,7 +22,7 @@ import logging
 import math
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 
 import aiohttp
@@ -116,14 +116,13 @@ class Call:
     prompt_estimate: int
     worst_case: int
     platform_only: bool
-    tried: list[int] = field(default_factory=list)
 
 
 @dataclass
 class Failure:
     """An upstream failure before the first byte."""
 
-    kind: str  # rate_limited | auth | server | timeout | unreachable | rejected
+    kind: str  # rate_limited | auth | server | timeout | unreachable | rejected | internal
     status: int | None = None
     retry_after: int | None = None
 
@@ -302,11 +301,12 @@ async def chat_completions(scope, receive, send, headers, caller: Caller) -> Non
     if not isinstance(messages, list) or not messages:
         raise bad_request(errors.MESSAGES_REQUIRED, param="messages")
     stream = _require(payload, "stream", bool, "a boolean") or False
-    max_tokens = _require(payload, "max_completion_tokens", int, "an integer") or _require(
-        payload, "max_tokens", int, "an integer"
-    )
-    if max_tokens is not None and max_tokens < 1:
-        raise bad_request(errors.BAD_FIELD.format(field="max_tokens", kind="a positive integer"), param="max_tokens")
+    max_tokens = None
+    for name in ("max_completion_tokens", "max_tokens"):  # the newer name wins when both are sent
+        value = _require(payload, name, int, "an integer")
+        if value is not None and value < 1:
+            raise bad_request(errors.BAD_FIELD.format(field=name, kind="a positive integer"), param=name)
+        max_tokens = value if max_tokens is None else max_tokens
     stream_options = _require(payload, "stream_options", dict, "an object") or {}
     platform_only = _pool_mode(payload)
 
