@@ -43,7 +43,10 @@ POOL_GATE = (
 POOL_PROVIDER_NOT_CLEARED = "The provider `{provider}` is not cleared for the shared pool."
 INSUFFICIENT_BALANCE = "Your balance does not cover this request's worst-case cost (prompt plus max_tokens). Top up or lower max_tokens."
 MONTHLY_LIMIT = "This API key has reached its monthly spend limit."
-NO_KEY = "No provider key is available for `{model}` right now. Try again shortly."
+NO_KEY = (
+    "No provider key can serve `{model}` right now. Add your own key for this provider "
+    "(POST /api/v1/keys) or try again later."
+)
 RATE_LIMITED = "Too many requests for this API key. Slow down and retry after the Retry-After interval."
 UPSTREAM_RATE_LIMITED = "The provider is rate-limiting every available key for `{model}`."
 UPSTREAM_ERROR = "The provider returned an error (HTTP {status})."
