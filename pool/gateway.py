@@ -27,7 +27,6 @@ from datetime import datetime
 
 import aiohttp
 from django.conf import settings
-from django.core.cache import cache
 from django.utils import timezone
 
 from keys.services import (
@@ -40,18 +39,18 @@ from pool import errors, sse, upstream
 from pool.db import db_call
 from pool.errors import GatewayError, bad_request
 from pool.models import RequestRecord
-from pool.selectors import Caller, Target, caller_get, routable_models, target_get
+from pool.selectors import Caller, Target, routable_models
 from pool.services import (
     PickedKey,
     Plan,
     Receipt,
     Settlement,
     Usage,
+    caller_open,
     funds_reserve,
     key_pick,
-    request_plan,
+    request_begin,
     request_settle,
-    worst_case_cost,
 )
 
 logger = logging.getLogger(__name__)
@@ -137,9 +136,8 @@ async def handle(scope, receive, send) -> None:
         if method != endpoint[0]:
             raise GatewayError(405, errors.METHOD_NOT_ALLOWED.format(method=method, path=path), code="method_not_allowed")
         headers = _headers(scope)
-        caller = await _authenticate(headers)
-        await _rate_limit(caller)
-        await endpoint[1](scope, receive, send, headers, caller)
+        raw_key = _bearer(headers)
+        await endpoint[1](scope, receive, send, headers, raw_key)
     except GatewayError as error:
         await _send_json(send, error.status, error.body(), extra=error.headers)
     except Exception:
@@ -153,43 +151,13 @@ def _headers(scope) -> dict[str, str]:
     return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
 
 
-async def _authenticate(headers: dict[str, str]) -> Caller:
+def _bearer(headers: dict[str, str]) -> str:
+    """The raw API key from `Authorization: Bearer …`; checked against the database later, in the
+    request's first hop (pool.services.request_begin), together with everything else it needs."""
     scheme, _, raw = headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or len(raw) > 256:
+    if scheme.lower() != "bearer" or not raw.strip() or len(raw) > 256:
         raise GatewayError(401, errors.UNAUTHENTICATED, type="authentication_error", code="invalid_api_key")
-    found = await db_call(_caller_get_and_touch, raw=raw.strip())
-    if found is None:
-        raise GatewayError(401, errors.UNAUTHENTICATED, type="authentication_error", code="invalid_api_key")
-    return found
-
-
-def _caller_get_and_touch(*, raw: str) -> Caller | None:
-    from accounts.services import api_key_touch
-
-    found = caller_get(raw)
-    if found is None:
-        return None
-    caller, api_key = found
-    api_key_touch(api_key=api_key)
-    return caller
-
-
-async def _rate_limit(caller: Caller) -> None:
-    """A fixed one-minute window per API key, in the shared cache (Redis in production)."""
-    limit = settings.HEADROOM_RATE_LIMIT_PER_MINUTE
-    if limit <= 0:
-        return
-    window = int(time.time() // 60)
-    key = f"rl:{caller.api_key_id}:{window}"
-    await cache.aadd(key, 0, timeout=120)
-    try:
-        count = await cache.aincr(key)
-    except ValueError:  # expired between add and incr
-        count = 1
-    if count > limit:
-        retry = str(60 - int(time.time()) % 60)
-        raise GatewayError(429, errors.RATE_LIMITED, type="rate_limit_error", code="rate_limited",
-                           headers={"retry-after": retry})
+    return raw.strip()
 
 
 async def _read_json(receive, headers: dict[str, str]) -> dict:
@@ -235,14 +203,11 @@ def _require(payload: dict, name: str, kind: type, description: str, *, optional
     return value
 
 
-async def _target(payload: dict) -> Target:
+def _model(payload: dict) -> str:
     model = payload.get("model")
     if not isinstance(model, str) or not model.strip():
         raise bad_request(errors.MODEL_REQUIRED, param="model", code="model_required")
-    target = await db_call(target_get, requested=model.strip())
-    if target is None:
-        raise GatewayError(404, errors.MODEL_UNKNOWN.format(model=model[:200]), param="model", code="model_not_found")
-    return target
+    return model.strip()
 
 
 def _pool_mode(payload: dict) -> bool:
@@ -273,30 +238,41 @@ def _prompt_estimate(messages: list) -> int:
     return max(total, 1)
 
 
-def _new_call(*, caller, target, task, stream, wants_usage, path, body, prompt_estimate, max_tokens, platform_only):
-    return Call(
-        request_id=f"req_{uuid.uuid4().hex}",
-        started=time.monotonic(),
-        created_at=clock(),
-        caller=caller,
-        target=target,
+async def _begin(
+    *, raw_key: str, model: str, task: str, stream: bool, wants_usage: bool, path: str, body: dict,
+    prompt_estimate: int, max_tokens: int, platform_only: bool,
+) -> tuple[Call, Plan, PickedKey | None]:
+    request_id, created_at = f"req_{uuid.uuid4().hex}", clock()
+    started = time.monotonic()
+    begun = await db_call(
+        request_begin, raw_key=raw_key, model=model, request_id=request_id, at=created_at,
+        prompt_tokens=prompt_estimate, max_tokens=max_tokens, platform_only=platform_only,
+    )
+    body["model"] = begun.target.model
+    call = Call(
+        request_id=request_id,
+        started=started,
+        created_at=created_at,
+        caller=begun.caller,
+        target=begun.target,
         task=task,
         stream=stream,
         client_wants_usage=wants_usage,
         upstream_path=path,
         upstream_body=json.dumps(body, separators=(",", ":")).encode(),
         prompt_estimate=prompt_estimate,
-        worst_case=worst_case_cost(target=target, prompt_tokens=prompt_estimate, max_tokens=max_tokens),
+        worst_case=begun.worst_case,
         platform_only=platform_only,
     )
+    return call, begun.plan, begun.first_key
 
 
 # --- endpoints ------------------------------------------------------------------------------------
 
 
-async def chat_completions(scope, receive, send, headers, caller: Caller) -> None:
+async def chat_completions(scope, receive, send, headers, raw_key: str) -> None:
     payload = await _read_json(receive, headers)
-    target = await _target(payload)
+    model = _model(payload)
     messages = payload.get("messages")
     if not isinstance(messages, list) or not messages:
         raise bad_request(errors.MESSAGES_REQUIRED, param="messages")
@@ -311,22 +287,21 @@ async def chat_completions(scope, receive, send, headers, caller: Caller) -> Non
     platform_only = _pool_mode(payload)
 
     body = {k: v for k, v in payload.items() if k not in GATEWAY_FIELDS}
-    body["model"] = target.model
     wants_usage = bool(stream_options.get("include_usage"))
     if stream:
         # Always ask for usage: settlement needs it. The client sees it only if it asked.
         body["stream_options"] = {**stream_options, "include_usage": True}
-    call = _new_call(
-        caller=caller, target=target, task="chat", stream=stream, wants_usage=wants_usage,
+    call, plan, first_key = await _begin(
+        raw_key=raw_key, model=model, task="chat", stream=stream, wants_usage=wants_usage,
         path="chat/completions", body=body, prompt_estimate=_prompt_estimate(messages),
         max_tokens=max_tokens or settings.HEADROOM_DEFAULT_MAX_TOKENS, platform_only=platform_only,
     )
-    await dispatch(call, receive, send)
+    await dispatch(call, plan, first_key, receive, send)
 
 
-async def embeddings(scope, receive, send, headers, caller: Caller) -> None:
+async def embeddings(scope, receive, send, headers, raw_key: str) -> None:
     payload = await _read_json(receive, headers)
-    target = await _target(payload)
+    model = _model(payload)
     value = payload.get("input")
     if isinstance(value, str):
         length = len(value)
@@ -336,20 +311,24 @@ async def embeddings(scope, receive, send, headers, caller: Caller) -> None:
         raise bad_request(errors.INPUT_REQUIRED, param="input")
     platform_only = _pool_mode(payload)
     body = {k: v for k, v in payload.items() if k not in GATEWAY_FIELDS}
-    body["model"] = target.model
-    call = _new_call(
-        caller=caller, target=target, task="embeddings", stream=False, wants_usage=False,
+    call, plan, first_key = await _begin(
+        raw_key=raw_key, model=model, task="embeddings", stream=False, wants_usage=False,
         path="embeddings", body=body, prompt_estimate=max(_text_tokens(length), 1), max_tokens=0,
         platform_only=platform_only,
     )
-    await dispatch(call, receive, send)
+    await dispatch(call, plan, first_key, receive, send)
 
 
-async def models(scope, receive, send, headers, caller: Caller) -> None:
-    ids = await db_call(routable_models)
+async def models(scope, receive, send, headers, raw_key: str) -> None:
+    ids = await db_call(_models_for, raw_key=raw_key)
     created = int(time.time())
     data = [{"id": i, "object": "model", "created": created, "owned_by": i.split("/", 1)[0]} for i in ids]
     await _send_json(send, 200, {"object": "list", "data": data})
+
+
+def _models_for(*, raw_key: str) -> list[str]:
+    caller_open(raw_key=raw_key)
+    return routable_models()
 
 
 ENDPOINTS = {
@@ -362,14 +341,10 @@ ENDPOINTS = {
 # --- dispatch: routes, keys, fail-over ------------------------------------------------------------
 
 
-async def dispatch(call: Call, receive, send) -> None:
-    plan: Plan = await db_call(
-        request_plan, caller=call.caller, target=call.target, request_id=call.request_id,
-        worst_case=call.worst_case, platform_only=call.platform_only, at=call.created_at,
-    )
+async def dispatch(call: Call, plan: Plan, first_key: PickedKey | None, receive, send) -> None:
     tried: list[PickedKey] = []
     try:
-        failure = await _try_routes(call, plan, tried, receive, send)
+        failure = await _try_routes(call, plan, first_key, tried, receive, send)
     except GatewayError:
         raise
     except BaseException:
@@ -387,9 +362,12 @@ async def dispatch(call: Call, receive, send) -> None:
         raise _final_error(call, None)
 
 
-async def _try_routes(call: Call, plan: Plan, tried: list[PickedKey], receive, send) -> Failure | None:
+async def _try_routes(
+    call: Call, plan: Plan, first_key: PickedKey | None, tried: list[PickedKey], receive, send
+) -> Failure | None:
     """Try keys route by route. None: answered and settled (or no key was found; `tried` tells)."""
     failure: Failure | None = None
+    next_key = first_key  # picked in the request's first hop, for the first route
     for position, route in enumerate(plan.routes):
         if position > 0:
             # Fail-over from BYOK to the platform: it is charged, so it needs funds now.
@@ -398,9 +376,12 @@ async def _try_routes(call: Call, plan: Plan, tried: list[PickedKey], receive, s
                               worst_case=call.worst_case, at=call.created_at)
             except GatewayError:
                 return failure
-        for _ in range(settings.HEADROOM_MAX_UPSTREAM_ATTEMPTS):
-            key = await db_call(key_pick, caller=call.caller, target=call.target, route=route,
-                                include_exchange=plan.include_exchange, exclude=tuple(k.key_id for k in tried))
+        for attempt_number in range(settings.HEADROOM_MAX_UPSTREAM_ATTEMPTS):
+            if position == 0 and attempt_number == 0:
+                key = next_key
+            else:
+                key = await db_call(key_pick, caller=call.caller, target=call.target, route=route,
+                                    include_exchange=plan.include_exchange, exclude=tuple(k.key_id for k in tried))
             if key is None:
                 break
             if tried:

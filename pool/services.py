@@ -11,6 +11,7 @@ from datetime import timezone as dt_timezone
 from decimal import Decimal
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db import IntegrityError, transaction
 
 from accounts.models import ApiKey, Organization, User
@@ -28,10 +29,12 @@ from pool.selectors import (
     Caller,
     Target,
     byok_candidates,
+    caller_get,
     month_spend,
     platform_candidates,
     pool_candidates,
     pool_gate_open,
+    target_get,
 )
 from pool.sql import lru_pick
 
@@ -105,6 +108,66 @@ def funds_reserve(*, caller: Caller, route: str, request_id: str, worst_case: in
 
 
 
+
+
+# --- the first database hop of a request -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Begun:
+    caller: Caller
+    target: Target
+    plan: Plan
+    worst_case: int
+    first_key: "PickedKey | None"
+
+
+def caller_open(*, raw_key: str) -> Caller:
+    """Authenticate a gateway API key and apply its own rate limit; 401 or 429 otherwise."""
+    from accounts.services import api_key_touch
+
+    found = caller_get(raw_key)
+    if found is None:
+        raise GatewayError(401, errors.UNAUTHENTICATED, type="authentication_error", code="invalid_api_key")
+    caller, api_key = found
+    api_key_touch(api_key=api_key)
+    _rate_limit(caller)
+    return caller
+
+
+def _rate_limit(caller: Caller) -> None:
+    """A fixed one-minute window per API key, in the shared cache (Redis in production)."""
+    limit = settings.HEADROOM_RATE_LIMIT_PER_MINUTE
+    if limit <= 0:
+        return
+    now = time.time()
+    key = f"rl:{caller.api_key_id}:{int(now // 60)}"
+    cache.add(key, 0, timeout=120)
+    try:
+        count = cache.incr(key)
+    except ValueError:  # expired between add and incr
+        count = 1
+    if count > limit:
+        raise GatewayError(429, errors.RATE_LIMITED, type="rate_limit_error", code="rate_limited",
+                           headers={"retry-after": str(60 - int(now) % 60)})
+
+
+def request_begin(
+    *, raw_key: str, model: str, request_id: str, at: datetime, prompt_tokens: int, max_tokens: int,
+    platform_only: bool,
+) -> Begun:
+    """Everything before the first upstream call, in one thread hop: who (401/429), which model
+    (404), which routes and the money they need (403/402), and the first key."""
+    caller = caller_open(raw_key=raw_key)
+    target = target_get(model)
+    if target is None:
+        raise GatewayError(404, errors.MODEL_UNKNOWN.format(model=model[:200]), param="model", code="model_not_found")
+    worst_case = worst_case_cost(target=target, prompt_tokens=prompt_tokens, max_tokens=max_tokens)
+    plan = request_plan(
+        caller=caller, target=target, request_id=request_id, worst_case=worst_case, platform_only=platform_only, at=at
+    )
+    first_key = key_pick(caller=caller, target=target, route=plan.routes[0], include_exchange=plan.include_exchange)
+    return Begun(caller=caller, target=target, plan=plan, worst_case=worst_case, first_key=first_key)
 
 
 # --- key selection ------------------------------------------------------------------------------

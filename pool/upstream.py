@@ -16,6 +16,7 @@ from django.conf import settings
 
 from keys.upstream import address_is_public, private_upstreams_allowed
 
+
 class PublicOnlyResolver(AbstractResolver):
     """The SSRF guard at connect time: resolve as usual, then drop every non-public address.
 

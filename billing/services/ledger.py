@@ -68,7 +68,7 @@ def ledger_post(
     order so two posts never deadlock) and refuses to take one below zero;
     writes the entries and moves the cached balances with F() in the same
     database transaction. A second call with the same key returns the first
-    transaction and moves nothing, whatever its legs.
+    transaction (marked `replayed`) and moves nothing, whatever its legs.
 
     Platform accounts (no floor) are not locked up front and are updated last:
     every charge in the system credits the same revenue account, and its row
@@ -89,6 +89,7 @@ def ledger_post(
         # there first has committed by now.
         existing = LedgerTransaction.objects.filter(idempotency_key=idempotency_key).first()
         if existing is not None:
+            existing.replayed = True
             return existing
         for pk in floored:
             account = locked[pk]
@@ -99,7 +100,9 @@ def ledger_post(
                 txn = LedgerTransaction.objects.create(idempotency_key=idempotency_key, kind=kind, memo=memo[:200])
         except IntegrityError:
             # Same key posted concurrently through accounts we did not share.
-            return LedgerTransaction.objects.get(idempotency_key=idempotency_key)
+            existing = LedgerTransaction.objects.get(idempotency_key=idempotency_key)
+            existing.replayed = True
+            return existing
         LedgerEntry.objects.bulk_create(
             [LedgerEntry(transaction=txn, account_id=account.pk, amount=amount) for account, amount in legs]
         )
