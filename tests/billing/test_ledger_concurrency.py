@@ -1,10 +1,8 @@
 """The ledger under concurrent writers, on real PostgreSQL (threads, committed transactions)."""
 
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from django.db import IntegrityError, connection, connections, transaction
+from django.db import IntegrityError, connection, transaction
 
 from billing.models import Account, LedgerEntry, LedgerTransaction
 from billing.money import parse_usd
@@ -16,22 +14,11 @@ from billing.services import (
     platform_account,
 )
 from tests.accounts.factories import UserFactory
+from tests.concurrency import run_concurrently
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 
-def _run_concurrently(n: int, work):
-    barrier = threading.Barrier(n)
-
-    def worker(i: int):
-        try:
-            barrier.wait()
-            return work(i)
-        finally:
-            connections.close_all()
-
-    with ThreadPoolExecutor(max_workers=n) as pool:
-        return list(pool.map(worker, range(n)))
 
 
 def test_fifty_concurrent_debits_against_a_balance_for_ten():
@@ -49,7 +36,7 @@ def test_fifty_concurrent_debits_against_a_balance_for_ten():
             return "refused"
 
     # when fifty debits race
-    outcomes = _run_concurrently(50, debit)
+    outcomes = run_concurrently(50, debit)
 
     # then exactly ten succeed, nothing is lost and nothing goes below zero
     assert outcomes.count("ok") == 10
@@ -65,7 +52,7 @@ def test_the_same_idempotency_key_raced_moves_money_once():
     main = account_for_owner(owner=user, kind=Account.Kind.MAIN)
     revenue = platform_account(Account.Kind.REVENUE)
 
-    results = _run_concurrently(
+    results = run_concurrently(
         20,
         lambda i: ledger_transfer(
             source=main, destination=revenue, amount=1_000, idempotency_key="settle:same", kind="usage"
@@ -82,7 +69,7 @@ def test_signup_credit_raced_is_granted_once():
     from billing.services import signup_credit_grant
 
     user = UserFactory()
-    _run_concurrently(10, lambda i: signup_credit_grant(user=user))
+    run_concurrently(10, lambda i: signup_credit_grant(user=user))
     assert account_for_owner(owner=user, kind=Account.Kind.MAIN).balance == parse_usd("2")
 
 

@@ -81,7 +81,7 @@ def test_stale_holds_are_released_by_the_periodic_task(user, settings):
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_holds_never_reserve_more_than_the_balance():
-    from tests.billing.test_ledger_concurrency import _run_concurrently
+    from tests.concurrency import run_concurrently
 
     user = UserFactory()
 
@@ -92,5 +92,5 @@ def test_concurrent_holds_never_reserve_more_than_the_balance():
         except InsufficientFunds:
             return "refused"
 
-    outcomes = _run_concurrently(20, hold)
+    outcomes = run_concurrently(20, hold)
     assert outcomes.count("held") == 6  # 6 × $0.30 ≤ $2.00 < 7 × $0.30

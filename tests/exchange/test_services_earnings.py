@@ -14,7 +14,7 @@ from exchange.models import ExchangeEarning
 from exchange.selectors import ResolvedRate, payout_rate_resolve
 from exchange.services import ExchangeError, exchange_earning_credit
 from tests.accounts.factories import UserFactory
-from tests.billing.test_ledger_concurrency import _run_concurrently
+from tests.concurrency import run_concurrently
 from tests.exchange.factories import exchange_provider, rule
 from tests.keys.factories import key_in_state
 
@@ -157,7 +157,7 @@ def test_a_replay_raced_from_many_workers_credits_once():
                 key_owner=key.owner, provider_key_id=key.pk, request_id="raced", settled_cost=10**9, rate=rate
             ).pk
 
-    results = _run_concurrently(10, credit)
+    results = run_concurrently(10, credit)
     assert len(set(results)) == 1
     assert ExchangeEarning.objects.filter(request_id="raced").count() == 1
     assert balances_for_owner(owner=key.owner_user).frozen == parse_usd("0.90")

@@ -1,11 +1,8 @@
 """Hot-path key moves and enrolment under concurrent writers, on real PostgreSQL (threads, committed
 transactions): a key is paused or exhausted exactly once, and a secret is enrolled exactly once."""
 
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from django.db import connections
 
 from keys.models import ProviderKey, ProviderKeyTransition
 from keys.services import (
@@ -15,24 +12,13 @@ from keys.services import (
     provider_key_record_failure,
 )
 from tests.accounts.factories import UserFactory
+from tests.concurrency import run_concurrently
 from tests.keys.factories import ProviderFactory, key_in_state, new_secret
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 S = ProviderKey.Status
 
 
-def _run_concurrently(n: int, work):
-    barrier = threading.Barrier(n)
-
-    def worker(i: int):
-        try:
-            barrier.wait()
-            return work(i)
-        finally:
-            connections.close_all()
-
-    with ThreadPoolExecutor(max_workers=n) as pool:
-        return list(pool.map(worker, range(n)))
 
 
 def test_concurrent_429s_pause_the_key_exactly_once(settings):
@@ -40,7 +26,7 @@ def test_concurrent_429s_pause_the_key_exactly_once(settings):
     settings.HEADROOM_PAUSE_AFTER_429S = 3
     key = key_in_state(S.ACTIVE)
     # when twelve gateway workers see a 429 at the same moment
-    outcomes = _run_concurrently(12, lambda i: provider_key_record_429(key_id=key.pk, retry_after_seconds=10))
+    outcomes = run_concurrently(12, lambda i: provider_key_record_429(key_id=key.pk, retry_after_seconds=10))
     # then every 429 is counted, and exactly one worker paused it (one audit row)
     assert outcomes.count(True) == 1
     key.refresh_from_db()
@@ -51,7 +37,7 @@ def test_concurrent_429s_pause_the_key_exactly_once(settings):
 def test_concurrent_failures_exhaust_the_key_exactly_once(settings):
     settings.HEADROOM_EXHAUST_AFTER_FAILURES = 2
     key = key_in_state(S.ACTIVE)
-    outcomes = _run_concurrently(10, lambda i: provider_key_record_failure(key_id=key.pk, reason=f"upstream 50{i % 4}"))
+    outcomes = run_concurrently(10, lambda i: provider_key_record_failure(key_id=key.pk, reason=f"upstream 50{i % 4}"))
     assert outcomes.count(True) == 1
     key.refresh_from_db()
     assert key.status == S.EXHAUSTED and key.failure_count == 10
@@ -70,7 +56,7 @@ def test_the_same_secret_raced_by_many_members_is_enrolled_once():
         except ProviderKeyError as error:
             return error.code
 
-    outcomes = _run_concurrently(8, enrol)
+    outcomes = run_concurrently(8, enrol)
     assert outcomes.count("ok") == 1
     assert outcomes.count("duplicate_key") == 7
     assert ProviderKey.objects.count() == 1

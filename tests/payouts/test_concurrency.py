@@ -14,7 +14,7 @@ from payouts.services import (
     withdrawal_request,
 )
 from tests.accounts.factories import UserFactory
-from tests.billing.test_ledger_concurrency import _run_concurrently
+from tests.concurrency import run_concurrently
 from tests.payouts.factories import (
     ADDRESSES,
     TX_HASHES,
@@ -39,7 +39,7 @@ def test_fifty_concurrent_ten_cent_conversions_against_a_dollar_exactly_ten_succ
             return "refused"
 
     # when fifty $0.10 conversions race
-    outcomes = _run_concurrently(50, convert)
+    outcomes = run_concurrently(50, convert)
 
     # then exactly ten succeed and the frozen balance is exactly spent
     assert outcomes.count("ok") == 10
@@ -62,7 +62,7 @@ def test_twenty_parallel_ten_dollar_withdrawals_against_fifteen_exactly_one_succ
         except PayoutError:
             return "refused"
 
-    outcomes = _run_concurrently(20, withdraw)
+    outcomes = run_concurrently(20, withdraw)
 
     assert outcomes.count("ok") == 1
     assert Withdrawal.objects.filter(user=user).count() == 1
@@ -89,7 +89,7 @@ def test_concurrent_approve_and_reject_end_in_one_final_state():
             except PayoutError:
                 return "refused"
 
-        outcomes = _run_concurrently(2, decide)
+        outcomes = run_concurrently(2, decide)
 
         # exactly one decision took effect, the other was refused, and the row agrees
         assert sorted(outcomes) in (["paid", "refused"], ["refused", "rejected"])
@@ -113,7 +113,7 @@ def test_the_same_idempotency_key_raced_converts_once():
         )
         return response.status_code, response.json()
 
-    results = _run_concurrently(10, post)
+    results = run_concurrently(10, post)
 
     assert {status for status, _ in results} == {201}
     assert len({body["id"] for _, body in results}) == 1
