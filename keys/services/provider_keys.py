@@ -54,7 +54,7 @@ KEY_DUPLICATE = "duplicate key: this secret is already enrolled."
 KEY_PROVIDER_INACTIVE = "provider unavailable: {provider} is not accepting keys."
 KEY_CONSENT_REQUIRED = (
     "consent required: donating a key to the pool needs your one-time consent to the pool terms "
-    "(send consent: true)."
+    "(tick the consent box, or send consent: true through the API)."
 )
 KEY_EMAIL_UNVERIFIED = "verified e-mail required: confirm your e-mail address before donating a key to the pool."
 KEY_PROVIDER_EXCLUDED = "provider excluded from the pool: {provider} keys cannot be donated."
