@@ -15,10 +15,13 @@ from django.core.cache import cache
 from django.db import IntegrityError, transaction
 
 from accounts.models import ApiKey, Organization, User
+from accounts.services import api_key_touch
 from billing import services as billing
 from billing.money import percent_of, token_cost
 from billing.selectors import byok_requests_in_month, month_start
 from billing.services import InsufficientFunds
+from exchange.selectors import exchange_routing_enabled, payout_rate_resolve
+from exchange.services import exchange_earning_credit
 from keys.crypto import decrypt_secret
 from keys.models import Provider
 from keys.services import provider_key_release, provider_key_stats_add
@@ -65,8 +68,6 @@ def request_plan(
     *, caller: Caller, target: Target, request_id: str, worst_case: int, platform_only: bool, at: datetime
 ) -> Plan:
     """Decide the routes to try and reserve the money the first one needs; refuse up front (403/402)."""
-    from exchange.selectors import exchange_routing_enabled
-
     if target.pool:
         if not target.pool_cleared:
             raise GatewayError(403, errors.POOL_PROVIDER_NOT_CLEARED.format(provider=target.provider_slug),
@@ -107,9 +108,6 @@ def funds_reserve(*, caller: Caller, route: str, request_id: str, worst_case: in
         raise GatewayError(402, errors.INSUFFICIENT_BALANCE, type="insufficient_quota", code="insufficient_balance") from None
 
 
-
-
-
 # --- the first database hop of a request -------------------------------------------------------
 
 
@@ -124,8 +122,6 @@ class Begun:
 
 def caller_open(*, raw_key: str) -> Caller:
     """Authenticate a gateway API key and apply its own rate limit; 401 or 429 otherwise."""
-    from accounts.services import api_key_touch
-
     found = caller_get(raw_key)
     if found is None:
         raise GatewayError(401, errors.UNAUTHENTICATED, type="authentication_error", code="invalid_api_key")
@@ -370,9 +366,6 @@ def _settle(s: Settlement) -> RequestRecord:
 
 
 def _exchange_earning(s: Settlement, *, settled_cost: int) -> tuple[int, Decimal | None]:
-    from exchange.selectors import payout_rate_resolve
-    from exchange.services import exchange_earning_credit
-
     owner = _key_owner(s.key)
     owner_user = owner if isinstance(owner, User) else None
     rate = payout_rate_resolve(user=owner_user, provider=Provider(pk=s.target.provider_id), task=s.task)

@@ -22,7 +22,6 @@ from .ledger import (
 )
 
 
-
 def hold_place(*, owner: BillingOwner, amount: int, request_id: str) -> BalanceHold | None:
     """Reserve `amount` of the owner's main balance for a request, or raise InsufficientFunds.
 
