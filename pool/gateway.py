@@ -622,6 +622,10 @@ async def _pump(call: Call, response, first: bytes, state: StreamState, send) ->
                 return Outcome.SUCCEEDED
             try:
                 chunk = await asyncio.wait_for(response.content.readany(), timeout=keepalive)
+            except aiohttp.ClientError:
+                # Before the TimeoutError clause: aiohttp's read timeout is a TimeoutError too, and
+                # it means the provider went silent for good, not an idle gap.
+                raise
             except asyncio.TimeoutError:
                 # Idle upstream: keep proxies and clients from timing the stream out.
                 await send({"type": "http.response.body", "body": b": keepalive\n\n", "more_body": True})

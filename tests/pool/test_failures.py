@@ -212,3 +212,37 @@ def test_upstream_names_resolving_to_private_addresses_are_refused_at_connect_ti
         assert main(alice.user) == SIGNUP
     upstream._sessions.clear()
     assert_ledger_clean()
+
+
+def test_idle_gaps_get_keepalives_and_a_silent_provider_ends_the_stream(world, settings):
+    from pool import upstream
+
+    settings.HEADROOM_SSE_KEEPALIVE_SECONDS = 0.2
+    settings.HEADROOM_UPSTREAM_READ_TIMEOUT = 1.0
+    upstream._sessions.clear()  # sessions carry the read timeout
+    world.key()
+    world.fake.chunk_delay = 0.5  # idle gaps longer than the keep-alive interval
+    alice = world.member()
+    with httpx.stream(
+        "POST", f"{world.url}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {alice.api_key}"},
+        json={"model": MODEL_ID, "messages": PROMPT, "stream": True, "max_tokens": 3}, timeout=20,
+    ) as response:
+        body = response.read().decode()
+    assert ": keepalive" in body
+    assert body.rstrip().endswith("data: [DONE]")
+
+    world.fake.chunk_delay = 3.0  # now silent for longer than the read timeout
+    started = time.monotonic()
+    with httpx.stream(
+        "POST", f"{world.url}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {alice.api_key}"},
+        json={"model": MODEL_ID, "messages": PROMPT, "stream": True, "max_tokens": 3}, timeout=20,
+    ) as response:
+        body = response.read().decode()
+    assert '"code":"upstream_stream_cut"' in body
+    assert time.monotonic() - started < 3.0  # ended by the read timeout, not by the provider
+    assert body.count(": keepalive") < 20  # no spinning on a dead connection
+    world.fake.chunk_delay = 0.0
+    upstream._sessions.clear()
+    assert_ledger_clean()
