@@ -4,6 +4,7 @@ Each function here runs in one database transaction and is called from the
 async proxy through `pool.db.db_call`.
 """
 
+import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -41,6 +42,7 @@ from pool.selectors import (
 )
 from pool.sql import lru_pick
 
+logger = logging.getLogger(__name__)
 Route = RequestRecord.Route
 Outcome = RequestRecord.Outcome
 PICK_RETRIES = 20
@@ -138,11 +140,14 @@ def _rate_limit(caller: Caller) -> None:
         return
     now = time.time()
     key = f"rl:{caller.api_key_id}:{int(now // 60)}"
-    cache.add(key, 0, timeout=120)
     try:
+        cache.add(key, 0, timeout=120)
         count = cache.incr(key)
     except ValueError:  # expired between add and incr
         count = 1
+    except Exception as error:  # the cache (Redis) is down: serve rather than refuse everyone
+        logger.warning("rate limit not applied: cache unavailable (%s)", error.__class__.__name__)
+        return
     if count > limit:
         raise GatewayError(429, errors.RATE_LIMITED, type="rate_limit_error", code="rate_limited",
                            headers={"retry-after": str(60 - int(now) % 60)})

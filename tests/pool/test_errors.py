@@ -193,3 +193,19 @@ def test_unknown_endpoint_and_method(world):
     response = httpx.get(f"{world.url}/v1/chat/completions", headers={"Authorization": f"Bearer {alice.api_key}"})
     _assert_error(response, 405, "method_not_allowed")
     assert main(alice.user) == SIGNUP
+
+
+def test_the_rate_limit_fails_open_when_the_cache_is_down(world, settings, monkeypatch):
+    from django.core.cache import caches
+
+    settings.HEADROOM_RATE_LIMIT_PER_MINUTE = 1
+
+    def down(*args, **kwargs):
+        raise ConnectionError("cache down")
+
+    # On the class: the gateway's threads each hold their own cache instance.
+    monkeypatch.setattr(type(caches["default"]), "add", down)
+    alice = world.member()
+    client = alice.client(world.url)
+    client.models.list()
+    client.models.list()  # over the limit, but the limiter cannot count: served
