@@ -105,9 +105,18 @@ def funds_reserve(*, caller: Caller, route: str, request_id: str, worst_case: in
     else:
         return
     try:
-        billing.hold_place(owner=owner, amount=amount, request_id=request_id)
+        billing.hold_place(owner=owner, amount=amount, request_id=_hold_id(request_id, route))
     except InsufficientFunds:
         raise GatewayError(402, errors.INSUFFICIENT_BALANCE, type="insufficient_quota", code="insufficient_balance") from None
+
+
+# The routes that reserve money: BYOK (its fee, past the free tier) and the platform. A request that
+# fails over from one to the other holds for both, each under its own id.
+HELD_ROUTES = (Route.BYOK, Route.PLATFORM)
+
+
+def _hold_id(request_id: str, route: str) -> str:
+    return f"{request_id}:{route}"
 
 
 # --- the first database hop of a request -------------------------------------------------------
@@ -330,7 +339,7 @@ def _settle(s: Settlement) -> RequestRecord:
                 amount=percent_of(cost, Decimal(settings.HEADROOM_POOL_REWARD_PERCENT)),
                 request_id=s.request_id,
             )
-    billing.hold_release(request_id=s.request_id)
+    billing.hold_release(request_ids=[_hold_id(s.request_id, route) for route in HELD_ROUTES])
 
     if key is not None and succeeded:
         provider_key_stats_add(

@@ -5,6 +5,7 @@ transaction; each posting carries an idempotency key derived from the request
 id, so a retried settlement moves nothing twice.
 """
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from django.db import transaction
@@ -54,9 +55,9 @@ def _release(holds) -> int:
     return released
 
 
-def hold_release(*, request_id: str) -> None:
-    """Release a request's hold (if any is open). Caller holds the settlement transaction."""
-    _release(BalanceHold.objects.filter(request_id=request_id, released_at__isnull=True))
+def hold_release(*, request_ids: Sequence[str]) -> None:
+    """Release these holds where still open. Caller holds the settlement transaction."""
+    _release(BalanceHold.objects.filter(request_id__in=request_ids, released_at__isnull=True))
 
 
 def holds_release_stale(*, older_than: timedelta) -> int:

@@ -28,7 +28,7 @@ def test_holds_reserve_the_spendable_balance(user):
     with pytest.raises(InsufficientFunds):
         hold_place(owner=user, amount=parse_usd("0.51"), request_id="r2")
     hold_place(owner=user, amount=parse_usd("0.50"), request_id="r3")
-    hold_release(request_id="r1")
+    hold_release(request_ids=["r1"])
     hold_place(owner=user, amount=parse_usd("1.50"), request_id="r4")
     assert balances_for_owner(owner=user).main == parse_usd("2")  # a hold moves no money
 

@@ -115,3 +115,27 @@ def test_fall_back_needs_funds(world):
         _ask(alice, world.url)
     assert raised.value.status_code == 502  # the BYOK failure stands: the platform could not be paid for
     assert_ledger_clean()
+
+
+def test_fail_over_past_the_free_tier_holds_for_both_routes_and_releases_both(world):
+    from billing.models import Account, BalanceHold
+
+    alice = world.member()
+    own = world.key(owner=alice.user, byok=True)
+    world.key()
+    world.fake.script(own.secret, status=503)
+    from billing.selectors import month_start
+    from django.utils import timezone as django_timezone
+
+    # past the free tier this month: the BYOK fee is held too
+    ByokMonthlyUsage.objects.create(user=alice.user, month=month_start(django_timezone.now()), requests=2_000_000)
+
+    headers, completion = _ask(alice, world.url)
+
+    assert headers["x-headroom-route"] == "platform"
+    holds = BalanceHold.objects.filter(request_id__startswith=headers["x-headroom-request-id"])
+    assert sorted(h.request_id.rsplit(":", 1)[1] for h in holds) == ["byok", "platform"]
+    assert all(h.released_at is not None for h in holds)
+    assert Account.objects.get(user=alice.user, kind="main").held == 0
+    assert main(alice.user) == SIGNUP - COST
+    assert_ledger_clean()
