@@ -44,12 +44,23 @@ class WithdrawalEventInline(admin.TabularInline):
 
 @admin.register(Withdrawal)
 class WithdrawalAdmin(ReadOnlyAdmin):
-    list_display = ["id", "user", "amount_usd", "network", "address", "state", "created_at", "decided_at"]
+    list_display = [
+        "id",
+        "user",
+        "organization",
+        "amount_usd",
+        "network",
+        "address",
+        "state",
+        "created_at",
+        "decided_at",
+    ]
     list_filter = ["state", "network"]
-    search_fields = ["user__email", "address", "tx_hash"]
-    list_select_related = ["user", "network"]
+    search_fields = ["user__email", "organization__slug", "address", "tx_hash"]
+    list_select_related = ["user", "organization", "network"]
     readonly_fields = [
         "user",
+        "organization",
         "amount_usd",
         "network",
         "address",
@@ -87,7 +98,7 @@ class WithdrawalAdmin(ReadOnlyAdmin):
 
     def _pending(self, request: HttpRequest, queryset):
         """The selected withdrawals still pending, or None (and a warning) when there are none."""
-        pending = queryset.filter(state=Withdrawal.State.PENDING).select_related("user", "network").order_by("pk")
+        pending = queryset.filter(state=Withdrawal.State.PENDING).select_related("user", "organization", "network").order_by("pk")
         if not pending:
             self.message_user(request, ACTION_NONE_PENDING, messages.WARNING)
             return None
@@ -154,10 +165,10 @@ class WithdrawalAdmin(ReadOnlyAdmin):
 
 @admin.register(Conversion)
 class ConversionAdmin(ReadOnlyAdmin):
-    list_display = ["id", "user", "amount_usd", "created_at"]
-    search_fields = ["user__email"]
-    list_select_related = ["user"]
-    readonly_fields = ["user", "amount_usd", "created_at", "ledger_transaction"]
+    list_display = ["id", "user", "organization", "amount_usd", "created_at"]
+    search_fields = ["user__email", "organization__slug"]
+    list_select_related = ["user", "organization"]
+    readonly_fields = ["user", "organization", "amount_usd", "created_at", "ledger_transaction"]
     fields = readonly_fields
 
     @admin.display(description="Amount")

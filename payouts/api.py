@@ -2,6 +2,13 @@
 
 Money-moving POSTs honour `Idempotency-Key` and parse JSON numbers exactly
 (DecimalJSONParser), so `"amount": 10.10` and `"amount": "10.10"` mean the same.
+
+An organization's frozen balance (earned by provider keys it owns) is moved by
+sending its slug as `organization` (a body field on POST, a query parameter on
+GET for its history); without it the caller's own balance and history are used.
+Refusals answer 400 with `{"detail": <why>}`, and 403 when the caller is a
+member but not an owner of the organization. A slug the caller is not a member
+of answers the same 400 whether or not it exists.
 """
 
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -12,12 +19,15 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.models import Organization
 from billing.money import usd_str
-from billing.selectors import balances_for_owner
+from billing.selectors import BillingOwner, balances_for_owner
 from payouts.idempotency import IDEMPOTENCY_HEADER, idempotent_response
 from payouts.parsers import DecimalJSONParser
 from payouts.selectors import (
     conversion_list,
+    organization_for_member,
+    organization_is_owned_by,
     withdrawal_get_for_user,
     withdrawal_list,
     withdrawal_network_list,
@@ -30,7 +40,15 @@ from payouts.serializers import (
     WithdrawalNetworkSerializer,
     WithdrawalSerializer,
 )
-from payouts.services import PayoutError, conversion_create, withdrawal_request
+from payouts.services import (
+    PAYOUT_NOT_ORG_OWNER,
+    PayoutError,
+    PayoutForbidden,
+    conversion_create,
+    withdrawal_request,
+)
+
+ORGANIZATION_UNKNOWN = "Unknown organization: you are not a member of {slug!r}."
 
 IDEMPOTENCY_PARAMETER = OpenApiParameter(
     IDEMPOTENCY_HEADER,
@@ -40,15 +58,45 @@ IDEMPOTENCY_PARAMETER = OpenApiParameter(
     "response; the same key with another body gets 422.",
 )
 
+ORGANIZATION_PARAMETER = OpenApiParameter(
+    "organization",
+    location=OpenApiParameter.QUERY,
+    required=False,
+    description="Slug of an organization you own: list its history instead of yours.",
+)
+
 
 class HistoryPagination(LimitOffsetPagination):
     default_limit = 50
     max_limit = 200
 
 
-def _balances(request: Request) -> dict:
-    balances = balances_for_owner(owner=request.user)
+def _balances(owner: BillingOwner) -> dict:
+    balances = balances_for_owner(owner=owner)
     return {"main": usd_str(balances.main), "frozen": usd_str(balances.frozen)}
+
+
+def _refused(error: PayoutError) -> Response:
+    code = status.HTTP_403_FORBIDDEN if isinstance(error, PayoutForbidden) else status.HTTP_400_BAD_REQUEST
+    return Response({"detail": str(error)}, status=code)
+
+
+def _owner(request: Request, slug: str | None) -> BillingOwner:
+    """The caller, or the organization `slug` names among the caller's; PayoutError for any other slug."""
+    if not slug:
+        return request.user
+    organization = organization_for_member(user=request.user, slug=slug)
+    if organization is None:
+        raise PayoutError(ORGANIZATION_UNKNOWN.format(slug=slug[:100]))
+    return organization
+
+
+def _history_owner(request: Request) -> BillingOwner:
+    """Whose history a GET lists: an organization's only for its owners, as only they move its balance."""
+    owner = _owner(request, request.query_params.get("organization"))
+    if isinstance(owner, Organization) and not organization_is_owned_by(organization=owner, user=request.user):
+        raise PayoutForbidden(PAYOUT_NOT_ORG_OWNER)
+    return owner
 
 
 def _paginated(request: Request, view: APIView, queryset, serializer_class) -> Response:
@@ -62,9 +110,17 @@ class MoneyMovingApi(APIView):
 
 
 class ConversionListCreateApi(MoneyMovingApi):
-    @extend_schema(responses=ConversionSerializer(many=True), summary="Your conversions, newest first")
+    @extend_schema(
+        responses=ConversionSerializer(many=True),
+        parameters=[ORGANIZATION_PARAMETER],
+        summary="Your conversions (or an organization's you own), newest first",
+    )
     def get(self, request: Request) -> Response:
-        return _paginated(request, self, conversion_list(user=request.user), ConversionSerializer)
+        try:
+            owner = _history_owner(request)
+        except PayoutError as error:
+            return _refused(error)
+        return _paginated(request, self, conversion_list(owner=owner), ConversionSerializer)
 
     @extend_schema(
         request=ConversionCreateSerializer,
@@ -76,20 +132,30 @@ class ConversionListCreateApi(MoneyMovingApi):
         def handler() -> Response:
             serializer = ConversionCreateSerializer(data=request.data)
             serializer.is_valid(raise_exception=True)
+            data = serializer.validated_data
             try:
-                conversion = conversion_create(user=request.user, amount=serializer.validated_data["amount"])
+                owner = _owner(request, data.get("organization"))
+                conversion = conversion_create(owner=owner, actor=request.user, amount=data["amount"])
             except PayoutError as error:
-                return Response({"detail": str(error)}, status=status.HTTP_400_BAD_REQUEST)
-            body = {**ConversionSerializer(conversion).data, "balance": _balances(request)}
+                return _refused(error)
+            body = {**ConversionSerializer(conversion).data, "balance": _balances(owner)}
             return Response(body, status=status.HTTP_201_CREATED)
 
         return idempotent_response(request, handler)
 
 
 class WithdrawalListCreateApi(MoneyMovingApi):
-    @extend_schema(responses=WithdrawalSerializer(many=True), summary="Your withdrawals and their states")
+    @extend_schema(
+        responses=WithdrawalSerializer(many=True),
+        parameters=[ORGANIZATION_PARAMETER],
+        summary="Your withdrawals (or an organization's you own) and their states",
+    )
     def get(self, request: Request) -> Response:
-        return _paginated(request, self, withdrawal_list(user=request.user), WithdrawalSerializer)
+        try:
+            owner = _history_owner(request)
+        except PayoutError as error:
+            return _refused(error)
+        return _paginated(request, self, withdrawal_list(owner=owner), WithdrawalSerializer)
 
     @extend_schema(
         request=WithdrawalCreateSerializer,
@@ -101,18 +167,23 @@ class WithdrawalListCreateApi(MoneyMovingApi):
         def handler() -> Response:
             serializer = WithdrawalCreateSerializer(data=request.data)
             serializer.is_valid(raise_exception=True)
+            data = dict(serializer.validated_data)
             try:
-                withdrawal = withdrawal_request(user=request.user, **serializer.validated_data)
+                owner = _owner(request, data.pop("organization", None))
+                withdrawal = withdrawal_request(owner=owner, actor=request.user, **data)
             except PayoutError as error:
-                return Response({"detail": str(error)}, status=status.HTTP_400_BAD_REQUEST)
-            body = {**WithdrawalSerializer(withdrawal).data, "balance": _balances(request)}
+                return _refused(error)
+            body = {**WithdrawalSerializer(withdrawal).data, "balance": _balances(owner)}
             return Response(body, status=status.HTTP_201_CREATED)
 
         return idempotent_response(request, handler)
 
 
 class WithdrawalDetailApi(APIView):
-    @extend_schema(responses=WithdrawalDetailSerializer, summary="One of your withdrawals, with its history")
+    @extend_schema(
+        responses=WithdrawalDetailSerializer,
+        summary="One of your withdrawals (or an organization's you own), with its history",
+    )
     def get(self, request: Request, withdrawal_id: int) -> Response:
         withdrawal = withdrawal_get_for_user(user=request.user, withdrawal_id=withdrawal_id)
         return Response(WithdrawalDetailSerializer(withdrawal).data)

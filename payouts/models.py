@@ -1,7 +1,8 @@
 """Frozen balance out: conversions to main balance and crypto withdrawals.
 
 Design:
-- Exchange earnings land in a member's `frozen` ledger account (exchange app).
+- Exchange earnings land in the key owner's `frozen` ledger account (exchange
+  app): a member's, or an organization's for keys an organization owns.
   Money leaves it only through this app, and only through the ledger
   (billing.services): a conversion moves frozen → main at once; a withdrawal
   request moves frozen → the platform's `withdrawals_payable` account at once
@@ -15,6 +16,9 @@ Design:
   `WithdrawalEvent` (from, to, actor, at, note).
 - Each ledger posting carries an idempotency key derived from the row
   (`withdrawal-hold:<id>`, …), so no step can move money twice.
+- The billing owner is the member (`organization` empty) or the organization
+  (`organization` set); `user` is always the member who asked — for an
+  organization, one of its owners (payouts.services checks the role).
 - `IdempotencyRecord` remembers the first response to a money-moving POST sent
   with an `Idempotency-Key` header, so a client retry replays it.
 """
@@ -51,10 +55,35 @@ class WithdrawalNetwork(models.Model):
         return self.code
 
 
-class Conversion(models.Model):
-    """Frozen balance moved to main balance, once, by its owner."""
+class BillingOwned(models.Model):
+    """Whose balance a payout row moved (`billing_owner`) and which member asked (`user`)."""
 
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="conversions")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        related_name="%(class)ss",
+        help_text="The member who asked.",
+    )
+    organization = models.ForeignKey(
+        "accounts.Organization",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="%(class)ss",
+        help_text="The organization whose balance moved; empty for the member's own.",
+    )
+
+    class Meta:
+        abstract = True
+
+    @property
+    def billing_owner(self):
+        return self.organization if self.organization_id else self.user
+
+
+class Conversion(BillingOwned):
+    """Frozen balance moved to main balance, once, by its owner (a member, or an organization's owner)."""
+
     reference = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     amount = models.BigIntegerField(help_text="Nanodollars.")
     ledger_transaction = models.OneToOneField(
@@ -69,8 +98,8 @@ class Conversion(models.Model):
         return f"Conversion {self.pk} by {self.user}"
 
 
-class Withdrawal(ConcurrentTransitionMixin, models.Model):
-    """A member's request to be paid part of their frozen balance in crypto."""
+class Withdrawal(ConcurrentTransitionMixin, BillingOwned):
+    """A request to be paid part of a frozen balance (a member's or an organization's) in crypto."""
 
     class State(models.TextChoices):
         PENDING = "pending", "Pending"
@@ -79,7 +108,6 @@ class Withdrawal(ConcurrentTransitionMixin, models.Model):
 
     PROCESS_PERMISSION = "payouts.process_withdrawal"
 
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="withdrawals")
     reference = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     amount = models.BigIntegerField(help_text="Nanodollars, held in withdrawals payable while pending.")
     network = models.ForeignKey(WithdrawalNetwork, on_delete=models.PROTECT, related_name="withdrawals")

@@ -12,9 +12,10 @@ from django.db import transaction
 from django.utils import timezone
 from django_fsm import ConcurrentTransition, can_proceed
 
-from accounts.models import User
+from accounts.models import Organization, User
 from billing.models import Account, LedgerTransaction
 from billing.money import format_usd, parse_usd
+from billing.selectors import BillingOwner
 from billing.services import (
     InsufficientFunds,
     account_for_owner,
@@ -23,6 +24,7 @@ from billing.services import (
 )
 from payouts.addresses import address_is_valid, tx_hash_is_valid
 from payouts.models import Conversion, Withdrawal, WithdrawalEvent, WithdrawalNetwork
+from payouts.selectors import organization_is_owned_by
 
 # Paid withdrawals leave the platform through the account exchange earnings
 # came from: its balance then reads "earned by sellers, minus paid out in
@@ -39,28 +41,55 @@ WITHDRAWAL_NOT_PENDING = "Withdrawal {id} is already {state}; it can be decided 
 WITHDRAWAL_NOT_PERMITTED = "You do not have permission to process withdrawals."
 WITHDRAWAL_BAD_TX_HASH = "That is not a {network} transaction hash."
 WITHDRAWAL_REJECT_NEEDS_NOTE = "Say why the withdrawal is rejected: the member sees the reason."
+PAYOUT_NOT_ORG_OWNER = (
+    "Organization owner required: only an organization's owners convert or withdraw its frozen balance."
+)
+PAYOUT_NOT_YOURS = "You can move only your own frozen balance, or that of an organization you own."
 
 
 class PayoutError(ValueError):
     """A refused payout operation. Nothing was written; the message is safe to show."""
 
 
+class PayoutForbidden(PayoutError):
+    """Refused because of who asked rather than what they asked for (the API answers 403)."""
+
+
+def _check_actor(*, owner: BillingOwner, actor: User) -> Organization | None:
+    """The organization whose balance moves (None for the actor's own); refuse anyone else.
+
+    A member moves only their own balance; an organization's moves only at
+    the hands of one of its owners, as its provider keys are managed.
+    """
+    if isinstance(owner, Organization):
+        if not organization_is_owned_by(organization=owner, user=actor):
+            raise PayoutForbidden(PAYOUT_NOT_ORG_OWNER)
+        return owner
+    if not isinstance(owner, User):
+        raise TypeError(f"A billing owner is a User or an Organization, not {type(owner).__name__}.")
+    if owner.pk != actor.pk:
+        # No caller passes another member; refuse rather than move their money.
+        raise PayoutForbidden(PAYOUT_NOT_YOURS)
+    return None
+
+
 def _minimum(setting_name: str) -> int:
     return parse_usd(getattr(settings, setting_name))
 
 
-def conversion_create(*, user: User, amount: int) -> Conversion:
-    """Move `amount` nanodollars from the user's frozen balance to their main balance.
+def conversion_create(*, owner: BillingOwner, actor: User, amount: int) -> Conversion:
+    """Move `amount` nanodollars from the owner's frozen balance to the owner's main balance.
 
-    At least HEADROOM_CONVERSION_MINIMUM, at most the frozen balance: the
-    ledger locks the frozen account, so concurrent conversions never take more
-    than is there.
+    `owner` is the actor themself or an organization the actor owns. At least
+    HEADROOM_CONVERSION_MINIMUM, at most the frozen balance: the ledger locks
+    the frozen account, so concurrent conversions never take more than is there.
     """
+    organization = _check_actor(owner=owner, actor=actor)
     minimum = _minimum("HEADROOM_CONVERSION_MINIMUM")
     if amount < minimum:
         raise PayoutError(CONVERSION_BELOW_MINIMUM.format(minimum=format_usd(minimum)))
-    frozen = account_for_owner(owner=user, kind=Account.Kind.FROZEN)
-    main = account_for_owner(owner=user, kind=Account.Kind.MAIN)
+    frozen = account_for_owner(owner=owner, kind=Account.Kind.FROZEN)
+    main = account_for_owner(owner=owner, kind=Account.Kind.MAIN)
     reference = uuid.uuid4()
     try:
         with transaction.atomic():
@@ -72,7 +101,9 @@ def conversion_create(*, user: User, amount: int) -> Conversion:
                 kind=LedgerTransaction.Kind.CONVERSION,
                 memo="Frozen balance converted to main balance",
             )
-            return Conversion.objects.create(user=user, reference=reference, amount=amount, ledger_transaction=txn)
+            return Conversion.objects.create(
+                user=actor, organization=organization, reference=reference, amount=amount, ledger_transaction=txn
+            )
     except InsufficientFunds:
         frozen.refresh_from_db(fields=["balance"])
         raise PayoutError(CONVERSION_ABOVE_BALANCE.format(balance=format_usd(frozen.balance))) from None
@@ -86,12 +117,16 @@ def _network_for_request(code: str) -> WithdrawalNetwork:
     return network
 
 
-def withdrawal_request(*, user: User, amount: int, network: str, address: str) -> Withdrawal:
-    """Request a crypto withdrawal; the amount is held at once (frozen → withdrawals payable).
+def withdrawal_request(
+    *, owner: BillingOwner, actor: User, amount: int, network: str, address: str
+) -> Withdrawal:
+    """Request a crypto withdrawal; the amount is held at once (owner's frozen → withdrawals payable).
 
-    At least HEADROOM_WITHDRAWAL_MINIMUM, at most the frozen balance, on an
-    active network, to an address in that network's format.
+    `owner` is the actor themself or an organization the actor owns. At least
+    HEADROOM_WITHDRAWAL_MINIMUM, at most the frozen balance, on an active
+    network, to an address in that network's format.
     """
+    organization = _check_actor(owner=owner, actor=actor)
     minimum = _minimum("HEADROOM_WITHDRAWAL_MINIMUM")
     if amount < minimum:
         raise PayoutError(WITHDRAWAL_BELOW_MINIMUM.format(minimum=format_usd(minimum)))
@@ -101,7 +136,7 @@ def withdrawal_request(*, user: User, amount: int, network: str, address: str) -
         raise PayoutError(
             WITHDRAWAL_BAD_ADDRESS.format(network=chosen.code, format=chosen.get_address_format_display())
         )
-    frozen = account_for_owner(owner=user, kind=Account.Kind.FROZEN)
+    frozen = account_for_owner(owner=owner, kind=Account.Kind.FROZEN)
     payable = platform_account(Account.Kind.WITHDRAWALS_PAYABLE)
     reference = uuid.uuid4()
     try:
@@ -115,7 +150,8 @@ def withdrawal_request(*, user: User, amount: int, network: str, address: str) -
                 memo=f"Withdrawal requested on {chosen.code}",
             )
             withdrawal = Withdrawal.objects.create(
-                user=user,
+                user=actor,
+                organization=organization,
                 reference=reference,
                 amount=amount,
                 network=chosen,
@@ -123,7 +159,7 @@ def withdrawal_request(*, user: User, amount: int, network: str, address: str) -
                 hold_transaction=hold,
             )
             WithdrawalEvent.objects.create(
-                withdrawal=withdrawal, from_state="", to_state=withdrawal.state, actor=user, note="Requested"
+                withdrawal=withdrawal, from_state="", to_state=withdrawal.state, actor=actor, note="Requested"
             )
             return withdrawal
     except InsufficientFunds:
@@ -199,7 +235,7 @@ def withdrawal_mark_paid(*, withdrawal_id: int, actor: User, tx_hash: str) -> Wi
 
 
 def withdrawal_reject(*, withdrawal_id: int, actor: User, note: str) -> Withdrawal:
-    """An admin refused the withdrawal: the hold returns to the member's frozen balance."""
+    """An admin refused the withdrawal: the hold returns to the frozen balance it came from."""
     note = note.strip()
     if not note:
         raise PayoutError(WITHDRAWAL_REJECT_NEEDS_NOTE)
@@ -210,7 +246,7 @@ def withdrawal_reject(*, withdrawal_id: int, actor: User, note: str) -> Withdraw
     def post(withdrawal: Withdrawal) -> LedgerTransaction:
         return ledger_transfer(
             source=platform_account(Account.Kind.WITHDRAWALS_PAYABLE),
-            destination=account_for_owner(owner=withdrawal.user, kind=Account.Kind.FROZEN),
+            destination=account_for_owner(owner=withdrawal.billing_owner, kind=Account.Kind.FROZEN),
             amount=withdrawal.amount,
             idempotency_key=f"withdrawal-return:{withdrawal.reference}",
             kind=LedgerTransaction.Kind.WITHDRAWAL_RETURN,

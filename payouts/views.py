@@ -1,13 +1,21 @@
-"""The member's Provider Exchange page: frozen balance, rates, earnings per key, convert, withdraw, history."""
+"""The member's Provider Exchange page: frozen balance, rates, earnings per key, convert, withdraw, history.
+
+`?organization=<slug>` (on the page and on both form posts) shows and moves an
+organization's balance instead, for its owners; for anyone else the slug is a
+404, alike whether the organization exists or not.
+"""
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.http import urlencode
 from django.views.decorators.http import require_GET, require_POST
 
+from accounts.models import Organization
 from billing.money import format_usd
-from billing.selectors import balances_for_owner
+from billing.selectors import BillingOwner, balances_for_owner
 from exchange.selectors import (
     exchange_earning_totals_by_key,
     exchange_routing_enabled,
@@ -15,21 +23,58 @@ from exchange.selectors import (
 )
 from keys.selectors import provider_list
 from payouts.forms import ConversionForm, WithdrawalForm
-from payouts.selectors import conversion_list, withdrawal_list
+from payouts.selectors import (
+    conversion_list,
+    organization_for_member,
+    organization_is_owned_by,
+    organizations_owned_by,
+    withdrawal_list,
+)
 from payouts.services import PayoutError, conversion_create, withdrawal_request
 
 HISTORY_ROWS = 20
 
 
-def _render(request: HttpRequest, *, conversion_form=None, withdrawal_form=None, status: int = 200) -> HttpResponse:
+def _owner(request: HttpRequest) -> BillingOwner:
+    """The member, or the organization `?organization=` names if they own it (404 otherwise)."""
+    slug = request.GET.get("organization")
+    if not slug:
+        return request.user
+    organization = organization_for_member(user=request.user, slug=slug)
+    if organization is None or not organization_is_owned_by(organization=organization, user=request.user):
+        raise Http404("No such organization.")
+    return organization
+
+
+def _page_url(owner: BillingOwner, name: str = "exchange_page") -> str:
+    """A page URL keeping the organization the member is acting for."""
+    url = reverse(name)
+    if isinstance(owner, Organization):
+        return f"{url}?{urlencode({'organization': owner.slug})}"
+    return url
+
+
+def _whose(owner: BillingOwner) -> str:
+    return f"{owner.name}'s" if isinstance(owner, Organization) else "your"
+
+
+def _render(
+    request: HttpRequest, owner: BillingOwner, *, conversion_form=None, withdrawal_form=None, status: int = 200
+) -> HttpResponse:
     providers = provider_list().filter(exchange_supported=True)
     context = {
-        "balances": balances_for_owner(owner=request.user),
+        "organization": owner if isinstance(owner, Organization) else None,
+        "owned_organizations": organizations_owned_by(user=request.user),
+        "convert_url": _page_url(owner, "exchange_convert"),
+        "withdraw_url": _page_url(owner, "exchange_withdraw"),
+        "balances": balances_for_owner(owner=owner),
         "exchange_enabled": exchange_routing_enabled(),
-        "rates": payout_rate_table(user=request.user, providers=providers),
-        "earnings": exchange_earning_totals_by_key(owner=request.user),
-        "conversions": conversion_list(user=request.user)[:HISTORY_ROWS],
-        "withdrawals": withdrawal_list(user=request.user)[:HISTORY_ROWS],
+        # An organization's keys earn at the rates without member overrides (pool.services resolves them with
+        # no user), so its page shows those.
+        "rates": payout_rate_table(user=None if isinstance(owner, Organization) else owner, providers=providers),
+        "earnings": exchange_earning_totals_by_key(owner=owner),
+        "conversions": conversion_list(owner=owner)[:HISTORY_ROWS],
+        "withdrawals": withdrawal_list(owner=owner)[:HISTORY_ROWS],
         "conversion_form": conversion_form or ConversionForm(),
         "withdrawal_form": withdrawal_form or WithdrawalForm(),
     }
@@ -39,38 +84,40 @@ def _render(request: HttpRequest, *, conversion_form=None, withdrawal_form=None,
 @require_GET
 @login_required
 def exchange_page(request: HttpRequest) -> HttpResponse:
-    return _render(request)
+    return _render(request, _owner(request))
 
 
 @require_POST
 @login_required
 def conversion_create_view(request: HttpRequest) -> HttpResponse:
+    owner = _owner(request)
     form = ConversionForm(request.POST)
     if form.is_valid():
         try:
-            conversion = conversion_create(user=request.user, amount=form.cleaned_data["amount"])
+            conversion = conversion_create(owner=owner, actor=request.user, amount=form.cleaned_data["amount"])
         except PayoutError as error:
             form.add_error("amount", str(error))
         else:
-            messages.success(request, f"Converted {format_usd(conversion.amount)} to your main balance.")
-            return redirect("exchange_page")
-    return _render(request, conversion_form=form, status=422)
+            messages.success(request, f"Converted {format_usd(conversion.amount)} to {_whose(owner)} main balance.")
+            return redirect(_page_url(owner))
+    return _render(request, owner, conversion_form=form, status=422)
 
 
 @require_POST
 @login_required
 def withdrawal_create_view(request: HttpRequest) -> HttpResponse:
+    owner = _owner(request)
     form = WithdrawalForm(request.POST)
     if form.is_valid():
         try:
-            withdrawal = withdrawal_request(user=request.user, **form.cleaned_data)
+            withdrawal = withdrawal_request(owner=owner, actor=request.user, **form.cleaned_data)
         except PayoutError as error:
             form.add_error(None, str(error))
         else:
             messages.success(
                 request,
                 f"Withdrawal of {format_usd(withdrawal.amount)} requested on {withdrawal.network.code}: "
-                "it is held from your frozen balance until support pays it.",
+                f"it is held from {_whose(owner)} frozen balance until support pays it.",
             )
-            return redirect("exchange_page")
-    return _render(request, withdrawal_form=form, status=422)
+            return redirect(_page_url(owner))
+    return _render(request, owner, withdrawal_form=form, status=422)

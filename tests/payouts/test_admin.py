@@ -29,7 +29,7 @@ def pending() -> list[Withdrawal]:
     member = UserFactory()
     fund_frozen(member, "30.00")
     return [
-        withdrawal_request(user=member, amount=parse_usd("10"), network="USDT-ERC20", address=ADDRESSES["USDT-ERC20"])
+        withdrawal_request(owner=member, actor=member, amount=parse_usd("10"), network="USDT-ERC20", address=ADDRESSES["USDT-ERC20"])
         for _ in range(2)
     ]
 

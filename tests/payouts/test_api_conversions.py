@@ -117,7 +117,7 @@ def test_list_shows_only_my_conversions_newest_first(authed_client, user):
     fund_frozen(other, "1.00")
     from payouts.services import conversion_create
 
-    conversion_create(user=other, amount=parse_usd("0.50"))
+    conversion_create(owner=other, actor=other, amount=parse_usd("0.50"))
     authed_client.post(URL, {"amount": "0.10"}, format="json")
     authed_client.post(URL, {"amount": "0.20"}, format="json")
 

@@ -33,7 +33,7 @@ def test_fifty_concurrent_ten_cent_conversions_against_a_dollar_exactly_ten_succ
 
     def convert(i: int) -> str:
         try:
-            conversion_create(user=user, amount=parse_usd("0.10"))
+            conversion_create(owner=user, actor=user, amount=parse_usd("0.10"))
             return "ok"
         except PayoutError:
             return "refused"
@@ -56,7 +56,7 @@ def test_twenty_parallel_ten_dollar_withdrawals_against_fifteen_exactly_one_succ
     def withdraw(i: int) -> str:
         try:
             withdrawal_request(
-                user=user, amount=parse_usd("10"), network="USDT-TRC20", address=ADDRESSES["USDT-TRC20"]
+                owner=user, actor=user, amount=parse_usd("10"), network="USDT-TRC20", address=ADDRESSES["USDT-TRC20"]
             )
             return "ok"
         except PayoutError:
@@ -76,7 +76,7 @@ def test_concurrent_approve_and_reject_end_in_one_final_state():
     admin = processor()
     for _ in range(5):  # several rounds: either side may win a round
         withdrawal = withdrawal_request(
-            user=user, amount=parse_usd("10"), network="USDT-TRC20", address=ADDRESSES["USDT-TRC20"]
+            owner=user, actor=user, amount=parse_usd("10"), network="USDT-TRC20", address=ADDRESSES["USDT-TRC20"]
         )
 
         def decide(i: int) -> str:

@@ -32,7 +32,7 @@ TRON_HASH = TX_HASHES["tron"]
 @pytest.fixture
 def withdrawal(user) -> Withdrawal:
     fund_frozen(user, "15.00")
-    return withdrawal_request(user=user, amount=parse_usd("10"), network="USDT-TRC20", address=ADDRESSES["USDT-TRC20"])
+    return withdrawal_request(owner=user, actor=user, amount=parse_usd("10"), network="USDT-TRC20", address=ADDRESSES["USDT-TRC20"])
 
 
 @pytest.fixture
@@ -119,15 +119,15 @@ def test_conversion_minimum_comes_from_settings(user, settings):
     settings.HEADROOM_CONVERSION_MINIMUM = "1.00"
     fund_frozen(user, "2.00")
     with pytest.raises(PayoutError, match=r"minimum conversion is \$1.00"):
-        conversion_create(user=user, amount=parse_usd("0.50"))
+        conversion_create(owner=user, actor=user, amount=parse_usd("0.50"))
 
 
 def test_ledger_check_is_clean_after_every_kind_of_payout(user, admin):
     fund_frozen(user, "50.00")
-    conversion_create(user=user, amount=parse_usd("0.10"))
-    paid = withdrawal_request(user=user, amount=parse_usd("10"), network="BTC", address=ADDRESSES["BTC"])
-    rejected = withdrawal_request(user=user, amount=parse_usd("20"), network="BTC", address=ADDRESSES["BTC"])
-    withdrawal_request(user=user, amount=parse_usd("10"), network="BTC", address=ADDRESSES["BTC"])
+    conversion_create(owner=user, actor=user, amount=parse_usd("0.10"))
+    paid = withdrawal_request(owner=user, actor=user, amount=parse_usd("10"), network="BTC", address=ADDRESSES["BTC"])
+    rejected = withdrawal_request(owner=user, actor=user, amount=parse_usd("20"), network="BTC", address=ADDRESSES["BTC"])
+    withdrawal_request(owner=user, actor=user, amount=parse_usd("10"), network="BTC", address=ADDRESSES["BTC"])
     withdrawal_mark_paid(withdrawal_id=paid.pk, actor=admin, tx_hash=TX_HASHES["bitcoin"])
     withdrawal_reject(withdrawal_id=rejected.pk, actor=admin, note="duplicate")
     assert frozen_balance(user) == parse_usd("50") - parse_usd("0.10") - parse_usd("10") - parse_usd("10")
