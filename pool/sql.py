@@ -11,7 +11,12 @@ this module only wraps it. It runs on PostgreSQL and SQLite, both tested:
   ordered by `lru_seq` with FOR NO KEY UPDATE SKIP LOCKED (NO KEY, so a
   settlement's foreign-key share lock on the row does not hide a free key),
   `lru_seq` from a sequence (strictly increasing across processes), and the
-  in-flight count raised in the same statement.
+  in-flight count raised in the same statement. The sub-select sorts on the
+  statement's snapshot; if a concurrent pick committed the same key after that
+  snapshot, PostgreSQL would lock and update the key just used (it re-checks
+  the WHERE clause on the new row version, not the ORDER BY). The UPDATE
+  therefore also requires the lru_seq the snapshot saw: a key used meanwhile
+  is not taken, and the caller tries again.
 - SQLite: writers are serialised (BEGIN IMMEDIATE), so the same UPDATE …
   RETURNING with `max(lru_seq) + 1`, then the in-flight count, in one
   transaction.
@@ -39,11 +44,15 @@ def lru_pick(candidates: QuerySet[ProviderKey]) -> dict | None:
     returning = ", ".join(qn(c) for c in PICKED_COLUMNS)
 
     if connection.vendor == "postgresql":
+        picked_columns = ", ".join(f"{keys_table}.{qn(c)}" for c in PICKED_COLUMNS)
         sql = (
-            f"WITH picked AS ("
-            f" UPDATE {keys_table} SET lru_seq = nextval('{LRU_SEQUENCE}'), last_used_at = now()"
-            f" WHERE id = ({inner_sql} FOR NO KEY UPDATE OF {keys_table} SKIP LOCKED)"
-            f" RETURNING {returning}"
+            f"WITH candidate AS ({inner_sql} FOR NO KEY UPDATE OF {keys_table} SKIP LOCKED),"
+            # The order was judged on this statement's snapshot; `seen` keeps the lru_seq it judged by.
+            f" seen AS (SELECT id, lru_seq FROM {keys_table} WHERE id IN (SELECT id FROM candidate)),"
+            f" picked AS ("
+            f" UPDATE {keys_table} SET lru_seq = nextval('{LRU_SEQUENCE}'), last_used_at = now() FROM seen"
+            f" WHERE {keys_table}.id = seen.id AND {keys_table}.lru_seq = seen.lru_seq"
+            f" RETURNING {picked_columns}"
             f"), counted AS ("
             f" UPDATE {load_table} SET in_flight = in_flight + 1 WHERE key_id IN (SELECT id FROM picked)"
             f") SELECT {returning} FROM picked"
