@@ -23,18 +23,15 @@ def provider_get_by_slug(*, slug: str) -> Provider | None:
     return Provider.objects.filter(slug=slug, is_active=True).first()
 
 
+# A model can be routed only while it and its provider are active and it has both prices.
+ROUTABLE_MODEL = Q(provider__is_active=True, is_active=True, input_price__isnull=False, output_price__isnull=False)
+
+
 def provider_model_get_routable(*, provider_slug: str, model_name: str) -> ProviderModel | None:
     """The priced, active model of an active provider, or None: an unpriced model is not routable."""
     return (
         ProviderModel.objects.select_related("provider")
-        .filter(
-            provider__slug=provider_slug,
-            provider__is_active=True,
-            name=model_name,
-            is_active=True,
-            input_price__isnull=False,
-            output_price__isnull=False,
-        )
+        .filter(ROUTABLE_MODEL, provider__slug=provider_slug, name=model_name)
         .first()
     )
 

@@ -14,7 +14,7 @@ from django.utils import timezone
 from accounts.models import ApiKey, Membership
 from accounts.selectors import api_key_get_by_raw
 from keys.models import Provider, ProviderKey, ProviderKeyStats, ProviderModel
-from keys.selectors import BYOK, IN_POOL, ON_EXCHANGE, PLATFORM, provider_model_get_routable
+from keys.selectors import BYOK, IN_POOL, ON_EXCHANGE, PLATFORM, ROUTABLE_MODEL, provider_model_get_routable
 from pool.models import RequestRecord
 
 POOL_SUFFIX = "-pool"
@@ -126,9 +126,7 @@ def month_spend(*, api_key_id: int, since) -> int:
 def routable_models() -> list[str]:
     """Model ids for GET /v1/models: every priced model, plus `-pool` ids for cleared providers."""
     ids: list[str] = []
-    rows = ProviderModel.objects.filter(
-        provider__is_active=True, is_active=True, input_price__isnull=False, output_price__isnull=False
-    ).values_list("provider__slug", "name", "provider__pool_clearance")
+    rows = ProviderModel.objects.filter(ROUTABLE_MODEL).values_list("provider__slug", "name", "provider__pool_clearance")
     for slug, name, clearance in rows.order_by("provider__slug", "name"):
         ids.append(f"{slug}/{name}")
         if clearance == Provider.PoolClearance.CLEARED:
