@@ -7,7 +7,7 @@ from datetime import timezone as dt_timezone
 from django.db.models import Count, Q, Sum
 
 from accounts.models import Organization, User
-from billing.models import Account, ByokMonthlyUsage, LedgerEntry, LedgerTransaction
+from billing.models import Account, LedgerEntry, LedgerTransaction
 
 BillingOwner = User | Organization
 
@@ -38,13 +38,6 @@ def balances_for_owner(*, owner) -> Balances:
     """Main and frozen balance of a user or organization (0 where no account exists yet)."""
     rows = dict(Account.objects.filter(**owner_filter(owner)).values_list("kind", "balance"))
     return Balances(main=rows.get(Account.Kind.MAIN, 0), frozen=rows.get(Account.Kind.FROZEN, 0))
-
-
-def byok_requests_in_month(*, owner: BillingOwner, at) -> int:
-    """BYOK requests the owner has made in the calendar month (UTC) of `at`."""
-    lookup = {k: v for k, v in owner_filter(owner).items() if v is not None}
-    row = ByokMonthlyUsage.objects.filter(month=month_start(at), **lookup).values_list("requests", flat=True).first()
-    return row or 0
 
 
 def ledger_violations(*, limit: int = 50) -> list[str]:

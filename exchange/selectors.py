@@ -134,20 +134,25 @@ def payout_rate_resolve(*, user: User | int | None, provider, task: str = "") ->
     return payout_rate_explain(user=user, provider=provider, task=task).resolved
 
 
+# The global rule: no user, no provider. Also compiled into the gateway's first statement (pool.sql).
+GLOBAL_RULE = Q(user__isnull=True, provider__isnull=True)
+
+
 def global_payout_rate() -> tuple[Decimal, PayoutRateRule | None]:
     """The global rate and its rule (None: the settings default applies)."""
-    rule = PayoutRateRule.objects.filter(user__isnull=True, provider__isnull=True).first()
+    rule = PayoutRateRule.objects.filter(GLOBAL_RULE).first()
     return (rule.percent, rule) if rule is not None else (default_payout_rate(), None)
 
 
 def exchange_routing_enabled() -> bool:
     """Whether exchange keys may be routed at all: the global rate is above 0%. One indexed query."""
-    percent = (
-        PayoutRateRule.objects.filter(user__isnull=True, provider__isnull=True)
-        .values_list("percent", flat=True)
-        .first()
-    )
-    return (default_payout_rate() if percent is None else percent) > 0
+    percent = PayoutRateRule.objects.filter(GLOBAL_RULE).values_list("percent", flat=True).first()
+    return exchange_open_at(percent)
+
+
+def exchange_open_at(global_percent: Decimal | None) -> bool:
+    """Whether a global rule's percent (None: no rule, the default applies) lets exchange keys route."""
+    return (default_payout_rate() if global_percent is None else global_percent) > 0
 
 
 @dataclass(frozen=True)

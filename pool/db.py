@@ -1,29 +1,119 @@
-"""Running the synchronous services from the async proxy.
+"""How the gateway reaches the database without blocking its event loop.
 
-One thread hop per phase (authenticate, plan, pick, settle). The calls run on
-the event loop's default thread pool (thread_sensitive=False) so that requests
-do not queue behind one another; each pool thread keeps its own database
-connection across calls (Django's request signals, which would close it, do
-not fire on the raw ASGI path), and a broken connection is dropped so the next
-call reconnects.
+PostgreSQL: the hot path's statements (pool.sql) run on psycopg's
+AsyncConnectionPool, on the event loop itself: no thread hand-off per phase,
+which PERFORMANCE.md measured at a large share of the per-request budget. One
+pool per event loop (a pool belongs to the loop it was opened on), opened on
+first use from Django's own connection settings, in autocommit: each phase is
+one statement and commits on its own. Statements are prepared on the server
+after a few uses (HEADROOM_DB_PREPARE_THRESHOLD; -1 behind a
+transaction-mode connection pooler such as PgBouncer).
+
+SQLite (the embedded default) has no async driver: the same phases run in a
+worker thread through Django's connection (`db_call`), as do the rare paths on
+both databases (error bookkeeping, first-use account creation).
 """
 
-from collections.abc import Callable
+import asyncio
+import contextlib
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection
 
 T = TypeVar("T")
+_pools: dict[tuple[asyncio.AbstractEventLoop, bool], "asyncio.Task"] = {}  # (loop, durable) -> opening
+
+
+def is_postgres() -> bool:
+    return connection.vendor == "postgresql"
 
 
 def _run(fn: Callable[..., T], kwargs: dict) -> T:
     try:
         return fn(**kwargs)
     except (InterfaceError, OperationalError):
-        connection.close()
+        connection.close()  # a broken connection: the next call in this thread reconnects
         raise
 
 
 async def db_call(fn: Callable[..., T], /, **kwargs) -> T:
+    """Run synchronous ORM code in the loop's default thread pool (not one shared thread: requests
+    must not queue behind one another); each pool thread keeps its own Django connection."""
     return await sync_to_async(_run, thread_sensitive=False)(fn, kwargs)
+
+
+def _connect_kwargs() -> dict:
+    params = dict(connection.get_connection_params())
+    for django_only in ("cursor_factory", "context", "pool", "server_side_binding"):
+        params.pop(django_only, None)
+    threshold = settings.HEADROOM_DB_PREPARE_THRESHOLD
+    params["prepare_threshold"] = threshold if threshold >= 0 else None
+    params["autocommit"] = True
+    return params
+
+
+def _configure(durable: bool):
+    async def configure(conn) -> None:
+        # Timestamps in UTC like Django's own connections.
+        await conn.execute("SET TIME ZONE 'UTC'")
+        if not durable:
+            await conn.execute("SET synchronous_commit = off")
+
+    return configure
+
+
+async def _open_pool(durable: bool):
+    from psycopg_pool import AsyncConnectionPool
+
+    pool = AsyncConnectionPool(
+        kwargs=await sync_to_async(_connect_kwargs, thread_sensitive=False)(),
+        min_size=settings.HEADROOM_GATEWAY_DB_POOL_MIN,
+        max_size=settings.HEADROOM_GATEWAY_DB_POOL_MAX,
+        timeout=10,
+        configure=_configure(durable),
+        open=False,
+        name="headroom-gateway" if durable else "headroom-gateway-picks",
+    )
+    await pool.open()
+    return pool
+
+
+async def _pool(durable: bool):
+    key = (asyncio.get_running_loop(), durable)
+    opening = _pools.get(key)
+    if opening is None:
+        # One opening per loop, shared by the requests that arrive while it connects.
+        opening = _pools[key] = key[0].create_task(_open_pool(durable))
+    try:
+        return await asyncio.shield(opening)
+    except BaseException:
+        if opening.done() and (opening.cancelled() or opening.exception() is not None):
+            _pools.pop(key, None)  # a failed opening is retried by the next request
+        raise
+
+
+async def pg_fetchone(sql: str, params: Sequence | dict, *, durable: bool = True) -> tuple | None:
+    """One statement on the loop's pool, in autocommit; its first row.
+
+    `durable=False` runs it on connections with `synchronous_commit = off`: its commit is visible at
+    once but flushed to disk a moment later, so its row locks are released without waiting for the
+    disk. Only for what may be lost in a database crash without losing money: the key pick and its
+    hold (a request in flight when the database crashes is lost anyway, and the WAL is flushed in
+    order, so a later durable commit — the settlement — carries the pick's with it).
+    """
+    pool = await _pool(durable)
+    async with pool.connection() as conn:
+        cursor = await conn.execute(sql, params)
+        return await cursor.fetchone()
+
+
+async def close_all() -> None:
+    """Close the current loop's pools (ASGI lifespan shutdown)."""
+    loop = asyncio.get_running_loop()
+    for key in [k for k in _pools if k[0] is loop]:
+        opening = _pools.pop(key)
+        with contextlib.suppress(Exception):
+            await (await opening).close()

@@ -35,7 +35,7 @@ from keys.services import (
     provider_key_record_success,
     provider_key_release,
 )
-from pool import errors, sse, upstream
+from pool import db, errors, ratelimit, sse, upstream
 from pool.db import db_call
 from pool.errors import GatewayError, bad_request
 from pool.models import RequestRecord
@@ -47,10 +47,10 @@ from pool.services import (
     Settlement,
     Usage,
     caller_open,
-    funds_reserve,
     key_pick,
     request_begin,
     request_settle,
+    route_open,
 )
 
 logger = logging.getLogger(__name__)
@@ -88,6 +88,8 @@ class Gateway:
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await upstream.close_all()  # finish the pooled provider connections cleanly
+                await ratelimit.close_all()
+                await db.close_all()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -244,8 +246,8 @@ async def _begin(
 ) -> tuple[Call, Plan, PickedKey | None]:
     request_id, created_at = f"req_{uuid.uuid4().hex}", clock()
     started = time.monotonic()
-    begun = await db_call(
-        request_begin, raw_key=raw_key, model=model, request_id=request_id, at=created_at,
+    begun = await request_begin(
+        raw_key=raw_key, model=model, request_id=request_id, at=created_at,
         prompt_tokens=prompt_estimate, max_tokens=max_tokens, platform_only=platform_only,
     )
     body["model"] = begun.target.model
@@ -320,15 +322,11 @@ async def embeddings(scope, receive, send, headers, raw_key: str) -> None:
 
 
 async def models(scope, receive, send, headers, raw_key: str) -> None:
-    ids = await db_call(_models_for, raw_key=raw_key)
+    await caller_open(raw_key=raw_key, at=clock())
+    ids = await db_call(routable_models)
     created = int(time.time())
     data = [{"id": i, "object": "model", "created": created, "owned_by": i.split("/", 1)[0]} for i in ids]
     await _send_json(send, 200, {"object": "list", "data": data})
-
-
-def _models_for(*, raw_key: str) -> list[str]:
-    caller_open(raw_key=raw_key)
-    return routable_models()
 
 
 ENDPOINTS = {
@@ -367,21 +365,22 @@ async def _try_routes(
 ) -> Failure | None:
     """Try keys route by route. None: answered and settled (or no key was found; `tried` tells)."""
     failure: Failure | None = None
-    next_key = first_key  # picked in the request's first hop, for the first route
     for position, route in enumerate(plan.routes):
-        if position > 0:
-            # Fail-over from BYOK to the platform: it is charged, so it needs funds now.
-            try:
-                await db_call(funds_reserve, caller=call.caller, route=route, request_id=call.request_id,
-                              worst_case=call.worst_case, at=call.created_at)
-            except GatewayError:
-                return failure
         for attempt_number in range(settings.HEADROOM_MAX_UPSTREAM_ATTEMPTS):
-            if position == 0 and attempt_number == 0:
-                key = next_key
+            exclude = tuple(k.key_id for k in tried)
+            if attempt_number > 0:
+                key = await key_pick(caller=call.caller, target=call.target, route=route,
+                                     include_exchange=plan.include_exchange, exclude=exclude)
+            elif position == 0:
+                key = first_key  # picked in the request's first hop
             else:
-                key = await db_call(key_pick, caller=call.caller, target=call.target, route=route,
-                                    include_exchange=plan.include_exchange, exclude=tuple(k.key_id for k in tried))
+                # Fail-over from BYOK to the platform: it is charged, so it needs funds now.
+                try:
+                    key = await route_open(caller=call.caller, target=call.target, plan=plan, route=route,
+                                           request_id=call.request_id, worst_case=call.worst_case,
+                                           at=call.created_at, exclude=exclude)
+                except GatewayError:
+                    return failure
             if key is None:
                 break
             if tried:
@@ -397,7 +396,7 @@ async def _try_routes(
 
 async def _finish_failed(call: Call, key: PickedKey | None, failure: Failure | None) -> None:
     """Settle a request that never got an answer: nothing is charged, the hold is released."""
-    await asyncio.shield(db_call(request_settle, s=_settlement(
+    await asyncio.shield(request_settle(s=_settlement(
         call, key, Outcome.FAILED, Usage(0, 0),
         upstream_status=failure.status if failure else None,
         error_code=failure.kind if failure else "no_key",
@@ -531,7 +530,7 @@ async def relay_json(call: Call, key: PickedKey, response, first: bytes, ttfb_ms
         usage = Usage(call.prompt_estimate, completion, estimated=True)
     else:
         outcome = Outcome.SUCCEEDED
-    receipt = await asyncio.shield(db_call(request_settle, s=_settlement(
+    receipt = await asyncio.shield(request_settle(s=_settlement(
         call, key, outcome, usage, upstream_status=200, ttfb_ms=ttfb_ms,
     )))
     if data is None:
@@ -581,7 +580,7 @@ async def relay_stream(call: Call, key: PickedKey, response, first: bytes, ttfb_
         usage = state.usage or Usage(
             call.prompt_estimate, max(state.content_chunks, _text_tokens(state.content_chars)), estimated=True
         )
-        receipt = await asyncio.shield(db_call(request_settle, s=_settlement(
+        receipt = await asyncio.shield(request_settle(s=_settlement(
             call, key, outcome, usage, upstream_status=200, ttfb_ms=ttfb_ms,
             error_code="" if outcome == Outcome.SUCCEEDED else outcome,
         )))

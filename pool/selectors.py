@@ -1,20 +1,20 @@
-"""Reads for the gateway: who is calling, which model, which keys may serve.
+"""Reads for the gateway's API and the rare paths of its hot path.
 
-Everything here is synchronous ORM; the async proxy calls it through
-`pool.db.db_call`, one thread hop per phase.
+The hot path's own reads (who is calling, which model, which keys may serve)
+are one statement in pool.sql, compiled from the rules in keys.selectors;
+what is here is synchronous ORM, called from the proxy through
+`pool.db.db_call` or from the management API.
 """
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from django.db.models import Count, Q, QuerySet, Sum
+from django.db.models import Count, QuerySet, Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
-from accounts.models import ApiKey, Membership
-from accounts.selectors import api_key_get_by_raw
 from keys.models import Provider, ProviderKey, ProviderKeyStats, ProviderModel
-from keys.selectors import BYOK, IN_POOL, ON_EXCHANGE, PLATFORM, ROUTABLE_MODEL, provider_model_get_routable
+from keys.selectors import ROUTABLE_MODEL
 from pool.models import RequestRecord
 
 POOL_SUFFIX = "-pool"
@@ -28,6 +28,8 @@ class Caller:
     key_pool_mode: str
     byok_fallback: bool
     monthly_limit: int | None
+    last_used_at: datetime | None = None
+    account_id: int | None = None  # the billing owner's main account, None until its first use
 
 
 @dataclass(frozen=True)
@@ -41,79 +43,6 @@ class Target:
     output_price: int
     pool: bool
     pool_cleared: bool
-
-
-def caller_get(raw_key: str) -> tuple[Caller, ApiKey] | None:
-    api_key = api_key_get_by_raw(raw_key)
-    if api_key is None:
-        return None
-    return (
-        Caller(
-            api_key_id=api_key.pk,
-            user_id=api_key.user_id,
-            organization_id=api_key.organization_id,
-            key_pool_mode=api_key.key_pool_mode,
-            byok_fallback=api_key.byok_fallback,
-            monthly_limit=api_key.monthly_limit,
-        ),
-        api_key,
-    )
-
-
-def target_get(requested: str) -> Target | None:
-    """The routable model behind `provider/model` or `provider-pool/model`, or None."""
-    slug, sep, name = requested.partition("/")
-    if not sep or not slug or not name:
-        return None
-    pool = slug.endswith(POOL_SUFFIX)
-    if pool:
-        slug = slug[: -len(POOL_SUFFIX)]
-    row = provider_model_get_routable(provider_slug=slug, model_name=name)
-    if row is None:
-        return None
-    return Target(
-        requested=requested,
-        provider_id=row.provider_id,
-        provider_slug=row.provider.slug,
-        base_url=row.provider.base_url.rstrip("/"),
-        model=row.name,
-        input_price=row.input_price,
-        output_price=row.output_price,
-        pool=pool,
-        pool_cleared=row.provider.pool_clearance == Provider.PoolClearance.CLEARED,
-    )
-
-
-def _requester_org_ids(user_id: int) -> list[int]:
-    return list(Membership.objects.filter(user_id=user_id).values_list("organization_id", flat=True))
-
-
-def pool_gate_open(*, user_id: int) -> bool:
-    """The reciprocity gate, checked on every request: the member has a key in the pool now."""
-    return ProviderKey.objects.filter(IN_POOL, owner_user_id=user_id).exists()
-
-
-def pool_candidates(*, caller: Caller, target: Target) -> QuerySet[ProviderKey]:
-    """Pool keys for the provider, never the requester's own (nor their organizations')."""
-    return (
-        ProviderKey.objects.filter(IN_POOL, provider_id=target.provider_id)
-        .exclude(owner_user_id=caller.user_id)
-        .exclude(owner_org_id__in=_requester_org_ids(caller.user_id))
-    )
-
-
-def byok_candidates(*, caller: Caller, target: Target) -> QuerySet[ProviderKey]:
-    """The requester's own (or, for an organization's API key, the organization's) BYOK keys."""
-    owner = Q(owner_org_id=caller.organization_id) if caller.organization_id else Q(owner_user_id=caller.user_id)
-    return ProviderKey.objects.filter(BYOK, owner, provider_id=target.provider_id)
-
-
-def platform_candidates(*, caller: Caller, target: Target, include_exchange: bool) -> QuerySet[ProviderKey]:
-    """Platform keys, plus other members' exchange keys unless they are left out."""
-    which = PLATFORM
-    if include_exchange:
-        which = which | (ON_EXCHANGE & ~Q(owner_user_id=caller.user_id))
-    return ProviderKey.objects.filter(which, provider_id=target.provider_id)
 
 
 def month_spend(*, api_key_id: int, since) -> int:

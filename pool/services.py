@@ -1,186 +1,71 @@
-"""Writes for the gateway: plan a request's funds, pick a key, settle exactly once.
+"""The gateway's rules for one request: who may ask, which routes, what to reserve, what it costs.
 
-Each function here runs in one database transaction and is called from the
-async proxy through `pool.db.db_call`.
+Async, called from the proxy (pool.gateway) on the event loop. The database
+work of the hot path is three statements in pool.sql (context, reserve-and-pick,
+settle); this module decides everything those statements apply: the routes
+and their order, the worst case to reserve, the cost, the BYOK fee, the
+donor's reward and the exchange earning. Rare paths (an account's first use,
+a monthly spend limit, an exchange key's payout rate, a replayed settlement)
+run ORM code in a worker thread (pool.db.db_call).
 """
 
-import logging
-import time
+import asyncio
 from dataclasses import dataclass
 from datetime import datetime
 from datetime import timezone as dt_timezone
 from decimal import Decimal
 
 from django.conf import settings
-from django.core.cache import cache
-from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from accounts.models import ApiKey, Organization, User
-from accounts.services import api_key_touch
-from billing import services as billing
+from accounts.selectors import API_KEY_PATTERN
+from accounts.services import LAST_USED_RESOLUTION, api_key_hash
+from billing.models import Account, LedgerTransaction
 from billing.money import percent_of, token_cost
-from billing.selectors import byok_requests_in_month, month_start
-from billing.services import InsufficientFunds
-from exchange.selectors import exchange_routing_enabled, payout_rate_resolve
-from exchange.services import exchange_earning_credit
+from billing.selectors import month_start
+from billing.services import account_for_owner, platform_account
+from exchange.selectors import exchange_open_at, payout_rate_resolve
 from keys.crypto import decrypt_secret
 from keys.models import Provider
-from keys.services import provider_key_release, provider_key_stats_add
-from pool import errors
+from pool import errors, sql
+from pool.db import db_call
 from pool.errors import GatewayError
 from pool.models import RequestRecord
-from pool.selectors import (
-    Caller,
-    Target,
-    byok_candidates,
-    caller_get,
-    month_spend,
-    platform_candidates,
-    pool_candidates,
-    pool_gate_open,
-    target_get,
-)
-from pool.sql import lru_pick
+from pool.ratelimit import rate_limit
+from pool.selectors import POOL_SUFFIX, Caller, Target, month_spend
 
-logger = logging.getLogger(__name__)
 Route = RequestRecord.Route
 Outcome = RequestRecord.Outcome
 PICK_RETRIES = 20
-
-
-# --- planning -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Plan:
-    routes: tuple[str, ...]  # route kinds to try, in order: ("pool",), ("byok", "platform"), ("platform",)
-    include_exchange: bool
-
-
-def _billing_owner(caller: Caller) -> User | Organization:
-    """A reference to the billing owner by primary key: billing needs which owner, not its row."""
-    return Organization(pk=caller.organization_id) if caller.organization_id else User(pk=caller.user_id)
-
-
-def worst_case_cost(*, target: Target, prompt_tokens: int, max_tokens: int) -> int:
-    return token_cost(prompt_tokens, target.input_price) + token_cost(max_tokens, target.output_price)
-
-
-def request_plan(
-    *, caller: Caller, target: Target, request_id: str, worst_case: int, platform_only: bool, at: datetime
-) -> Plan:
-    """Decide the routes to try and reserve the money the first one needs; refuse up front (403/402)."""
-    if target.pool:
-        if not target.pool_cleared:
-            raise GatewayError(403, errors.POOL_PROVIDER_NOT_CLEARED.format(provider=target.provider_slug),
-                               type="permission_error", code="pool_provider_not_cleared")
-        if not pool_gate_open(user_id=caller.user_id):
-            raise GatewayError(403, errors.POOL_GATE, type="permission_error", code="pool_membership_required")
-        return Plan(routes=(Route.POOL,), include_exchange=False)
-
-    include_exchange = (
-        not platform_only and caller.key_pool_mode != ApiKey.PoolMode.PLATFORM_ONLY and exchange_routing_enabled()
-    )
-    if byok_candidates(caller=caller, target=target).exists():
-        routes = (Route.BYOK, Route.PLATFORM) if caller.byok_fallback else (Route.BYOK,)
-    else:
-        routes = (Route.PLATFORM,)
-    funds_reserve(caller=caller, route=routes[0], request_id=request_id, worst_case=worst_case, at=at)
-    return Plan(routes=routes, include_exchange=include_exchange)
-
-
-def funds_reserve(*, caller: Caller, route: str, request_id: str, worst_case: int, at: datetime) -> None:
-    """Hold what the route may charge: the cost (platform) or the BYOK fee beyond the free tier; else 402."""
-    owner = _billing_owner(caller)
-    if route == Route.PLATFORM:
-        amount = worst_case
-        if caller.monthly_limit is not None:
-            since = datetime.combine(month_start(at), datetime.min.time(), tzinfo=dt_timezone.utc)
-            if month_spend(api_key_id=caller.api_key_id, since=since) + amount > caller.monthly_limit:
-                raise GatewayError(402, errors.MONTHLY_LIMIT, type="insufficient_quota", code="monthly_limit_reached")
-    elif route == Route.BYOK:
-        if byok_requests_in_month(owner=owner, at=at) < settings.HEADROOM_BYOK_FREE_REQUESTS:
-            return
-        amount = percent_of(worst_case, Decimal(settings.HEADROOM_BYOK_FEE_PERCENT))
-    else:
-        return
-    try:
-        billing.hold_place(owner=owner, amount=amount, request_id=_hold_id(request_id, route))
-    except InsufficientFunds:
-        raise GatewayError(402, errors.INSUFFICIENT_BALANCE, type="insufficient_quota", code="insufficient_balance") from None
-
-
 # The routes that reserve money: BYOK (its fee, past the free tier) and the platform. A request that
 # fails over from one to the other holds for both, each under its own id.
 HELD_ROUTES = (Route.BYOK, Route.PLATFORM)
+
+
+def _unauthenticated() -> GatewayError:
+    return GatewayError(401, errors.UNAUTHENTICATED, type="authentication_error", code="invalid_api_key")
+
+
+def _billing_owner(caller: Caller) -> User | Organization:
+    return Organization(pk=caller.organization_id) if caller.organization_id else User(pk=caller.user_id)
 
 
 def _hold_id(request_id: str, route: str) -> str:
     return f"{request_id}:{route}"
 
 
+def worst_case_cost(*, target: Target, prompt_tokens: int, max_tokens: int) -> int:
+    return token_cost(prompt_tokens, target.input_price) + token_cost(max_tokens, target.output_price)
+
+
 # --- the first database hop of a request -------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class Begun:
-    caller: Caller
-    target: Target
-    plan: Plan
-    worst_case: int
-    first_key: "PickedKey | None"
-
-
-def caller_open(*, raw_key: str) -> Caller:
-    """Authenticate a gateway API key and apply its own rate limit; 401 or 429 otherwise."""
-    found = caller_get(raw_key)
-    if found is None:
-        raise GatewayError(401, errors.UNAUTHENTICATED, type="authentication_error", code="invalid_api_key")
-    caller, api_key = found
-    api_key_touch(api_key=api_key)
-    _rate_limit(caller)
-    return caller
-
-
-def _rate_limit(caller: Caller) -> None:
-    """A fixed one-minute window per API key, in the shared cache (Redis in production)."""
-    limit = settings.HEADROOM_RATE_LIMIT_PER_MINUTE
-    if limit <= 0:
-        return
-    now = time.time()
-    key = f"rl:{caller.api_key_id}:{int(now // 60)}"
-    try:
-        cache.add(key, 0, timeout=120)
-        count = cache.incr(key)
-    except ValueError:  # expired between add and incr
-        count = 1
-    except Exception as error:  # the cache (Redis) is down: serve rather than refuse everyone
-        logger.warning("rate limit not applied: cache unavailable (%s)", error.__class__.__name__)
-        return
-    if count > limit:
-        raise GatewayError(429, errors.RATE_LIMITED, type="rate_limit_error", code="rate_limited",
-                           headers={"retry-after": str(60 - int(now) % 60)})
-
-
-def request_begin(
-    *, raw_key: str, model: str, request_id: str, at: datetime, prompt_tokens: int, max_tokens: int,
-    platform_only: bool,
-) -> Begun:
-    """Everything before the first upstream call, in one thread hop: who (401/429), which model
-    (404), which routes and the money they need (403/402), and the first key."""
-    caller = caller_open(raw_key=raw_key)
-    target = target_get(model)
-    if target is None:
-        raise GatewayError(404, errors.MODEL_UNKNOWN.format(model=model[:200]), param="model", code="model_not_found")
-    worst_case = worst_case_cost(target=target, prompt_tokens=prompt_tokens, max_tokens=max_tokens)
-    plan = request_plan(
-        caller=caller, target=target, request_id=request_id, worst_case=worst_case, platform_only=platform_only, at=at
-    )
-    first_key = key_pick(caller=caller, target=target, route=plan.routes[0], include_exchange=plan.include_exchange)
-    return Begun(caller=caller, target=target, plan=plan, worst_case=worst_case, first_key=first_key)
-
-
-# --- key selection ------------------------------------------------------------------------------
+class Plan:
+    routes: tuple[str, ...]  # route kinds to try, in order: ("pool",), ("byok", "platform"), ("platform",)
+    include_exchange: bool
 
 
 @dataclass(frozen=True)
@@ -190,44 +75,193 @@ class PickedKey:
     route: str  # pool, byok, platform or exchange
     owner_user_id: int | None
     owner_org_id: int | None
+    owner_main_account_id: int | None = None  # where a pool reward goes (None until the account's first use)
+    owner_frozen_account_id: int | None = None  # where an exchange earning goes
     had_errors: bool = False  # counters to reset once it answers (saves a write on the common path)
 
 
-def key_pick(
-    *, caller: Caller, target: Target, route: str, include_exchange: bool, exclude: tuple[int, ...] = ()
-) -> PickedKey | None:
-    """Take the least recently used candidate key for the route, atomically across processes.
+@dataclass(frozen=True)
+class Begun:
+    caller: Caller
+    target: Target
+    plan: Plan
+    worst_case: int
+    first_key: PickedKey | None
 
-    One statement (pool.sql.lru_pick) locks the key row with SKIP LOCKED, so concurrent picks never
-    wait on one another nor take the same key, stamps a strictly increasing `lru_seq`, counts the
-    request in flight, and commits before the upstream call. When every candidate is held by picks
-    in progress, it retries briefly rather than report "no key". None means no candidate exists.
-    """
-    if route == Route.POOL:
-        candidates = pool_candidates(caller=caller, target=target)
-    elif route == Route.BYOK:
-        candidates = byok_candidates(caller=caller, target=target)
+
+def _split_model(requested: str) -> tuple[str, str, bool]:
+    """`provider/model` or `provider-pool/model` → (provider slug, model name, pool?)."""
+    slug, sep, name = requested.partition("/")
+    pool = slug.endswith(POOL_SUFFIX)
+    if pool:
+        slug = slug[: -len(POOL_SUFFIX)]
+    return (slug, name, pool) if sep and slug and name else ("", "", False)
+
+
+async def caller_open(*, raw_key: str, model: str = "", at: datetime) -> tuple[Caller, sql.ContextRow]:
+    """Authenticate the API key (401) and count it against its own rate limit (429); one SELECT
+    that also brings what the request asks for (pool.sql.request_context)."""
+    if not API_KEY_PATTERN.fullmatch(raw_key):
+        raise _unauthenticated()
+    slug, name, _ = _split_model(model)
+    row = await sql.request_context(raw_hash=api_key_hash(raw_key), slug=slug, model=name, month=month_start(at))
+    if row is None:
+        raise _unauthenticated()
+    caller = row.caller
+    await rate_limit(api_key_id=caller.api_key_id)
+    return caller, row
+
+
+async def request_begin(
+    *, raw_key: str, model: str, request_id: str, at: datetime, prompt_tokens: int, max_tokens: int,
+    platform_only: bool,
+) -> Begun:
+    """Everything before the first upstream call: who (401/429), which model (404), which routes and
+    the money they need (403/402), and the first key. Two statements on the common path."""
+    caller, row = await caller_open(raw_key=raw_key, model=model, at=at)
+    if row.provider_id is None:
+        raise GatewayError(404, errors.MODEL_UNKNOWN.format(model=model[:200]), param="model", code="model_not_found")
+    _, _, pool = _split_model(model)
+    target = Target(
+        requested=model,
+        provider_id=row.provider_id,
+        provider_slug=row.provider_slug,
+        base_url=row.base_url.rstrip("/"),
+        model=row.model,
+        input_price=row.input_price,
+        output_price=row.output_price,
+        pool=pool,
+        pool_cleared=row.pool_clearance == Provider.PoolClearance.CLEARED,
+    )
+    plan = request_plan(caller=caller, target=target, row=row, platform_only=platform_only)
+    worst_case = worst_case_cost(target=target, prompt_tokens=prompt_tokens, max_tokens=max_tokens)
+    first_key = await route_open(
+        caller=caller, target=target, plan=plan, route=plan.routes[0], request_id=request_id,
+        worst_case=worst_case, at=at, byok_requests=row.byok_requests,
+    )
+    return Begun(caller=caller, target=target, plan=plan, worst_case=worst_case, first_key=first_key)
+
+
+def request_plan(*, caller: Caller, target: Target, row: sql.ContextRow, platform_only: bool) -> Plan:
+    """Decide the routes to try, in order; refuse up front what the rules refuse (403)."""
+    if target.pool:
+        if not target.pool_cleared:
+            raise GatewayError(403, errors.POOL_PROVIDER_NOT_CLEARED.format(provider=target.provider_slug),
+                               type="permission_error", code="pool_provider_not_cleared")
+        if not row.pool_gate_open:
+            raise GatewayError(403, errors.POOL_GATE, type="permission_error", code="pool_membership_required")
+        return Plan(routes=(Route.POOL,), include_exchange=False)
+    include_exchange = (
+        not platform_only and caller.key_pool_mode != ApiKey.PoolMode.PLATFORM_ONLY
+        and exchange_open_at(row.global_rate)
+    )
+    if row.byok_ready:
+        routes = (Route.BYOK, Route.PLATFORM) if caller.byok_fallback else (Route.BYOK,)
     else:
-        candidates = platform_candidates(caller=caller, target=target, include_exchange=include_exchange)
-    candidates = candidates.exclude(pk__in=exclude)
+        routes = (Route.PLATFORM,)
+    return Plan(routes=routes, include_exchange=include_exchange)
 
+
+# --- funds and keys -----------------------------------------------------------------------------
+
+
+async def _payer_account(caller: Caller) -> int:
+    """The payer's main account id; created on first use (a rare path, in a worker thread)."""
+    if caller.account_id is not None:
+        return caller.account_id
+    account = await db_call(account_for_owner, owner=_billing_owner(caller), kind=Account.Kind.MAIN)
+    return account.pk
+
+
+async def _hold_for(
+    *, caller: Caller, route: str, request_id: str, worst_case: int, at: datetime, byok_requests: int | None
+) -> sql.Hold | None:
+    """What the route may charge, to reserve before dispatch: the cost (platform) or the BYOK fee once
+    the month is past the free tier; 402 when a monthly spend limit would be crossed."""
+    if route == Route.PLATFORM:
+        amount = worst_case
+        if caller.monthly_limit is not None:
+            since = datetime.combine(month_start(at), datetime.min.time(), tzinfo=dt_timezone.utc)
+            spent = await db_call(month_spend, api_key_id=caller.api_key_id, since=since)
+            if spent + amount > caller.monthly_limit:
+                raise GatewayError(402, errors.MONTHLY_LIMIT, type="insufficient_quota", code="monthly_limit_reached")
+    elif route == Route.BYOK:
+        if (byok_requests or 0) < settings.HEADROOM_BYOK_FREE_REQUESTS:
+            return None
+        amount = percent_of(worst_case, Decimal(settings.HEADROOM_BYOK_FEE_PERCENT))
+    else:
+        return None
+    if amount <= 0:
+        return None
+    return sql.Hold(account_id=await _payer_account(caller), amount=amount, hold_id=_hold_id(request_id, route))
+
+
+async def route_open(
+    *, caller: Caller, target: Target, plan: Plan, route: str, request_id: str, worst_case: int, at: datetime,
+    byok_requests: int | None = None, exclude: tuple[int, ...] = (),
+) -> PickedKey | None:
+    """Reserve what the route needs (402 if the balance cannot cover it) and take its first key."""
+    hold = await _hold_for(caller=caller, route=route, request_id=request_id, worst_case=worst_case, at=at,
+                           byok_requests=byok_requests)
+    if hold is not None and not await sql.hold_place(hold, now=timezone.now()):
+        raise GatewayError(402, errors.INSUFFICIENT_BALANCE, type="insufficient_quota", code="insufficient_balance")
+    return await key_pick(caller=caller, target=target, route=route, include_exchange=plan.include_exchange,
+                          exclude=exclude)
+
+
+_pick_locks: dict[tuple[asyncio.AbstractEventLoop, int], asyncio.Lock] = {}
+
+
+def _pick_lock(provider_id: int) -> asyncio.Lock:
+    """One pick at a time per provider within this process.
+
+    Across processes, SKIP LOCKED keeps picks atomic. Within one, concurrent
+    picks would only contend with each other: a pick whose snapshot went stale
+    while it waited for the CPU holds the true least-recently-used key locked
+    for a moment, the others skip it, and the rotation drifts (seen as 68/67/65
+    instead of 67/67/66 over 200 requests and three keys); with a single key
+    they would all find it locked and back off. A pick is one short statement
+    that waits on no other row (the hold is placed before, outside this lock),
+    so queueing them costs little and keeps the order strict.
+    """
+    key = (asyncio.get_running_loop(), provider_id)
+    lock = _pick_locks.get(key)
+    if lock is None:
+        lock = _pick_locks[key] = asyncio.Lock()
+    return lock
+
+
+async def key_pick(
+    *, caller: Caller, target: Target, route: str, include_exchange: bool, exclude: tuple[int, ...] = (),
+) -> PickedKey | None:
+    """Take the least recently used candidate key for the route, atomically across processes
+    (pool.sql.key_take). When every candidate is held by picks in progress, it retries briefly rather
+    than report "no key". None means no candidate exists."""
     for attempt in range(PICK_RETRIES):
-        row = lru_pick(candidates)
-        if row is not None:
+        async with _pick_lock(target.provider_id):
+            row = await sql.key_take(
+                route=route, include_exchange=include_exchange, provider_id=target.provider_id,
+                user_id=caller.user_id, organization_id=caller.organization_id, exclude=exclude,
+                now=timezone.now(),
+            )
+        if row.key is not None:
+            key = row.key
             kind = route
-            if route == Route.PLATFORM and not row["is_platform"] and row["exchange"]:
+            if route == Route.PLATFORM and not key["is_platform"] and key["exchange"]:
                 kind = Route.EXCHANGE
             return PickedKey(
-                key_id=row["id"],
-                secret=decrypt_secret(row["secret_ciphertext"]),
+                key_id=key["id"],
+                secret=decrypt_secret(key["secret_ciphertext"]),
                 route=kind,
-                owner_user_id=row["owner_user_id"],
-                owner_org_id=row["owner_org_id"],
-                had_errors=bool(row["consecutive_429s"] or row["failure_count"]),
+                owner_user_id=key["owner_user_id"],
+                owner_org_id=key["owner_org_id"],
+                owner_main_account_id=key["main_account_id"],
+                owner_frozen_account_id=key["frozen_account_id"],
+                had_errors=bool(key["consecutive_429s"] or key["failure_count"]),
             )
-        if not candidates.exists():
+        if not row.any_candidate:
             return None
-        time.sleep(0.002 * (attempt + 1))
+        await asyncio.sleep(0.002 * (attempt + 1))
     return None
 
 
@@ -268,127 +302,120 @@ class Receipt:
     is_byok: bool
 
 
-def _receipt(record: RequestRecord) -> Receipt:
-    return Receipt(
-        request_id=record.request_id,
-        route=record.route,
-        cost=record.cost,
-        charged=record.charged,
-        reward=record.reward,
-        is_byok=record.route == Route.BYOK,
-    )
-
-
 def _key_owner(key: PickedKey) -> User | Organization:
     return Organization(pk=key.owner_org_id) if key.owner_org_id else User(pk=key.owner_user_id)
 
 
-def request_settle(*, s: Settlement) -> Receipt:
-    """Settle one request exactly once: money, the request record, the key's counters.
+async def _owner_account(key: PickedKey, kind: str) -> int:
+    known = key.owner_main_account_id if kind == Account.Kind.MAIN else key.owner_frozen_account_id
+    if known is not None:
+        return known
+    account = await db_call(account_for_owner, owner=_key_owner(key), kind=kind)  # first use
+    return account.pk
 
-    Idempotent on `request_id`: a second call returns the first receipt and
-    moves nothing (every posting is keyed by the request id, and the record's
-    unique request id rolls back a racing duplicate whole). Rewards and
-    earnings are paid only for a succeeded request.
+
+async def settlement_spec(s: Settlement) -> sql.SettleSpec:
+    """What settling this request moves, decided here and applied by pool.sql.settle.
+
+    - platform or exchange key: the requester pays the cost of the tokens delivered (also when the
+      stream was cut or the client left), capped at their balance;
+    - exchange key, on success: its owner earns the resolved payout rate of the cost, into frozen;
+    - BYOK, on success: the month's count rises; past the free tier, a fee of 5% of the cost;
+    - pool, on success: the requester pays nothing; the donor gets 5% of the cost as a reward.
     """
-    existing = RequestRecord.objects.filter(request_id=s.request_id).first()
-    if existing is not None:
-        return _receipt(existing)
-    try:
-        with transaction.atomic():
-            record = _settle(s)
-    except IntegrityError:
-        existing = RequestRecord.objects.filter(request_id=s.request_id).first()
-        if existing is None:
-            raise
-        return _receipt(existing)
-    finally:
-        if s.key is not None:
-            # Its own short statement after the settlement commits: the LRU pick locks this row.
-            provider_key_release(key_id=s.key.key_id)
-    return _receipt(record)
-
-
-def _settle(s: Settlement) -> RequestRecord:
-    target, key, usage = s.target, s.key, s.usage
+    target, key, usage, caller = s.target, s.key, s.usage, s.caller
     cost = token_cost(usage.prompt_tokens, target.input_price) + token_cost(usage.completion_tokens, target.output_price)
     succeeded = s.outcome == Outcome.SUCCEEDED
     route = key.route if key else None
-    charged = fee = reward = 0
+    rid = s.request_id
+    charge = cost if route in (Route.PLATFORM, Route.EXCHANGE) else 0
+    byok_owner = None
+    fee = 0
+    if route == Route.BYOK and succeeded:
+        byok_owner = (None, caller.organization_id) if caller.organization_id else (caller.user_id, None)
+        fee = percent_of(cost, Decimal(settings.HEADROOM_BYOK_FEE_PERCENT))
+    credit = earning = None
     rate = None
-
-    if route is not None:
-        owner = _billing_owner(s.caller)
-        if route in (Route.PLATFORM, Route.EXCHANGE):
-            # Delivered tokens are paid for, also when the stream was cut or the client left.
-            charged = billing.usage_charge(owner=owner, amount=cost, request_id=s.request_id)
-            if route == Route.EXCHANGE and succeeded and charged:
-                reward, rate = _exchange_earning(s, settled_cost=charged)
-        elif route == Route.BYOK and succeeded:
-            count = billing.byok_request_count(owner=owner, at=s.created_at)
-            if count > settings.HEADROOM_BYOK_FREE_REQUESTS:
-                fee = billing.byok_fee_charge(
-                    owner=owner,
-                    amount=percent_of(cost, Decimal(settings.HEADROOM_BYOK_FEE_PERCENT)),
-                    request_id=s.request_id,
-                )
-                charged = fee
-        elif route == Route.POOL and succeeded:
-            reward = billing.pool_reward_credit(
-                donor=_key_owner(key),
-                amount=percent_of(cost, Decimal(settings.HEADROOM_POOL_REWARD_PERCENT)),
-                request_id=s.request_id,
+    if route == Route.POOL and succeeded:
+        reward = percent_of(cost, Decimal(settings.HEADROOM_POOL_REWARD_PERCENT))
+        if reward > 0:
+            credit = sql.Credit(
+                amount=reward, account_id=await _owner_account(key, Account.Kind.MAIN),
+                source_kind=Account.Kind.POOL_REWARDS, txn_kind=LedgerTransaction.Kind.POOL_REWARD,
+                idempotency_key=f"pool-reward:{rid}", memo=f"pool request {rid}",
             )
-    billing.hold_release(request_ids=[_hold_id(s.request_id, route) for route in HELD_ROUTES])
-
-    if key is not None and succeeded:
-        provider_key_stats_add(
-            key_id=key.key_id,
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            credits_earned=reward,
-        )
-
-    return RequestRecord.objects.create(
-        request_id=s.request_id,
-        created_at=s.created_at,
-        api_key_id=s.caller.api_key_id,
-        requester_id=s.caller.user_id,
-        organization_id=s.caller.organization_id,
-        route=route or Route.PLATFORM,
-        task=s.task,
-        provider_id=target.provider_id,
-        model=target.model,
-        provider_key_id=key.key_id if key else None,
-        stream=s.stream,
-        outcome=s.outcome,
-        upstream_status=s.upstream_status,
-        error_code=s.error_code[:64],
-        prompt_tokens=usage.prompt_tokens,
-        completion_tokens=usage.completion_tokens,
-        usage_estimated=usage.estimated,
-        input_price=target.input_price,
-        output_price=target.output_price,
-        cost=cost,
-        charged=charged,
+    elif route == Route.EXCHANGE and succeeded and cost > 0:
+        resolved = await db_call(payout_rate_resolve, user=key.owner_user_id, provider=target.provider_id,
+                                 task=s.task)
+        rate = resolved.percent
+        amount = percent_of(cost, rate) if rate > 0 else 0
+        frozen = await _owner_account(key, Account.Kind.FROZEN)
+        earning = sql.Earning(account_id=frozen, settled_cost=cost, rate_percent=rate, rule_id=resolved.rule_id,
+                              scope=resolved.scope, amount=amount)
+        if amount > 0:
+            credit = sql.Credit(
+                amount=amount, account_id=frozen, source_kind=Account.Kind.EXCHANGE_PAYOUTS,
+                txn_kind=LedgerTransaction.Kind.EXCHANGE_EARNING, idempotency_key=f"exchange-earning:{rid}",
+                memo=f"Exchange earning at {rate}% ({resolved.scope})",
+            )
+    # The payer's account takes the charge or fee and gets its holds back (none on the pool route).
+    payer = await _payer_account(caller) if route != Route.POOL else None
+    last_used = caller.last_used_at
+    return sql.SettleSpec(
+        record={
+            "request_id": rid, "created_at": s.created_at, "api_key_id": caller.api_key_id,
+            "requester_id": caller.user_id, "organization_id": caller.organization_id,
+            "route": route or Route.PLATFORM, "task": s.task, "provider_id": target.provider_id,
+            "model": target.model, "provider_key_id": key.key_id if key else None, "stream": s.stream,
+            "outcome": s.outcome, "upstream_status": s.upstream_status, "error_code": s.error_code[:64],
+            "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+            "usage_estimated": usage.estimated, "input_price": target.input_price,
+            "output_price": target.output_price, "cost": cost, "reward": credit.amount if credit else 0,
+            "payout_rate": rate, "latency_ms": s.latency_ms, "ttfb_ms": s.ttfb_ms,
+        },
+        payer_account_id=payer,
+        charge=charge,
+        charge_key=f"charge:{rid}",
+        charge_memo=f"request {rid}",
+        byok_owner=byok_owner,
+        month=month_start(s.created_at),
+        free_requests=settings.HEADROOM_BYOK_FREE_REQUESTS,
         fee=fee,
-        reward=reward,
-        payout_rate=rate,
-        latency_ms=s.latency_ms,
-        ttfb_ms=s.ttfb_ms,
+        fee_key=f"byok-fee:{rid}",
+        fee_memo=f"BYOK fee, request {rid}",
+        credit=credit,
+        earning=earning,
+        hold_ids=tuple(_hold_id(rid, r) for r in HELD_ROUTES) if payer else (),
+        key_id=key.key_id if key else None,
+        stats=key is not None and succeeded,
+        touch_api_key=last_used is None or s.created_at - last_used >= LAST_USED_RESOLUTION,
     )
 
 
-def _exchange_earning(s: Settlement, *, settled_cost: int) -> tuple[int, Decimal | None]:
-    owner = _key_owner(s.key)
-    owner_user = owner if isinstance(owner, User) else None
-    rate = payout_rate_resolve(user=owner_user, provider=Provider(pk=s.target.provider_id), task=s.task)
-    txn = exchange_earning_credit(
-        key_owner=owner,
-        provider_key_id=s.key.key_id,
-        request_id=s.request_id,
-        settled_cost=settled_cost,
-        rate=rate,
-    )
-    earned = -txn.entries.filter(amount__lt=0).values_list("amount", flat=True).first() if txn else 0
-    return earned, rate.percent
+def _platform_accounts_ensure() -> None:
+    for kind in sql.PLATFORM_KINDS:
+        platform_account(kind)
+
+
+def _receipt_of_record(request_id: str) -> Receipt:
+    record = RequestRecord.objects.get(request_id=request_id)
+    return Receipt(request_id=request_id, route=record.route, cost=record.cost, charged=record.charged,
+                   reward=record.reward, is_byok=record.route == Route.BYOK)
+
+
+async def request_settle(*, s: Settlement) -> Receipt:
+    """Settle one request exactly once: money, the request record, the key's counters and its
+    in-flight count. A second call with the same request id moves nothing and returns the first
+    receipt. Rewards and earnings are paid only for a succeeded request."""
+    spec = await settlement_spec(s)
+    now = timezone.now()
+    try:
+        settled = await sql.settle(spec, now=now)
+    except sql.PlatformAccountMissing:
+        await db_call(_platform_accounts_ensure)  # a fresh database: create them, settle again
+        settled = await sql.settle(spec, now=now)
+    if not settled.inserted:
+        return await db_call(_receipt_of_record, request_id=s.request_id)
+    route = s.key.route if s.key else None
+    return Receipt(request_id=s.request_id, route=route, cost=spec.record["cost"],
+                   charged=settled.charged + settled.fee, reward=spec.record["reward"], is_byok=route == Route.BYOK)

@@ -9,24 +9,10 @@ from .ledger import (
     ledger_transfer,
     platform_account,
 )
-from .usage import (
-    byok_fee_charge,
-    byok_request_count,
-    hold_place,
-    hold_release,
-    holds_release_stale,
-    pool_reward_credit,
-    usage_charge,
-)
+from .usage import holds_release_stale
 
 __all__ = [
-    "byok_fee_charge",
-    "byok_request_count",
-    "hold_place",
-    "hold_release",
     "holds_release_stale",
-    "pool_reward_credit",
-    "usage_charge",
     "InsufficientFunds",
     "LedgerError",
     "account_for_owner",

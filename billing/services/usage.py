@@ -1,47 +1,17 @@
-"""Money for one gateway request: holds before dispatch, charges, fees and rewards after.
+"""Balance holds left behind by gateway requests that never settled.
 
-The gateway (pool.services.request_settle) calls these inside its settlement
-transaction; each posting carries an idempotency key derived from the request
-id, so a retried settlement moves nothing twice.
+The gateway places and releases holds itself, in its hot-path statements
+(pool.sql: a conditional UPDATE of `held` with the hold row, and the release
+in the settlement); this is the safety net for a process that died between.
 """
 
-from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from billing.models import Account, BalanceHold, ByokMonthlyUsage, LedgerTransaction
-from billing.selectors import BillingOwner, month_start, owner_filter
-
-from .ledger import (
-    InsufficientFunds,
-    account_for_owner,
-    ledger_transfer,
-    platform_account,
-)
-
-
-def hold_place(*, owner: BillingOwner, amount: int, request_id: str) -> BalanceHold | None:
-    """Reserve `amount` of the owner's main balance for a request, or raise InsufficientFunds.
-
-    One conditional UPDATE (`balance − held ≥ amount`) both checks and reserves,
-    so concurrent requests cannot together reserve more than the balance, and
-    the account row is locked only from that statement to the commit right
-    after it. A zero amount reserves nothing.
-    """
-    if amount <= 0:
-        return None
-    account = account_for_owner(owner=owner, kind=Account.Kind.MAIN)
-    with transaction.atomic():
-        hold = BalanceHold.objects.create(account=account, amount=amount, request_id=request_id)
-        reserved = Account.objects.filter(pk=account.pk, balance__gte=F("held") + amount).update(
-            held=F("held") + amount
-        )
-        if not reserved:
-            raise InsufficientFunds(account)
-    return hold
+from billing.models import Account, BalanceHold
 
 
 def _release(holds) -> int:
@@ -55,11 +25,6 @@ def _release(holds) -> int:
     return released
 
 
-def hold_release(*, request_ids: Sequence[str]) -> None:
-    """Release these holds where still open. Caller holds the settlement transaction."""
-    _release(BalanceHold.objects.filter(request_id__in=request_ids, released_at__isnull=True))
-
-
 def holds_release_stale(*, older_than: timedelta) -> int:
     """Release holds left open by a process that died mid-request; returns how many.
 
@@ -69,78 +34,3 @@ def holds_release_stale(*, older_than: timedelta) -> int:
     cutoff = timezone.now() - older_than
     with transaction.atomic():
         return _release(BalanceHold.objects.filter(released_at__isnull=True, created_at__lt=cutoff))
-
-
-def _charge_capped(*, owner: BillingOwner, amount: int, idempotency_key: str, kind: str, memo: str) -> int:
-    """Debit up to `amount` from the owner's main balance into revenue; returns what was taken.
-
-    The hold made before dispatch covers the worst case, so the cap only bites
-    when a provider bills beyond it (more tokens than max_tokens allowed): the
-    member's balance never goes below zero and the shortfall is the platform's.
-    """
-    if amount <= 0:
-        return 0
-    main = (
-        Account.objects.select_for_update().filter(kind=Account.Kind.MAIN, **owner_filter(owner)).first()
-        or account_for_owner(owner=owner, kind=Account.Kind.MAIN)
-    )
-    taken = min(amount, main.balance)
-    if taken <= 0:
-        return 0
-    txn = ledger_transfer(
-        source=main,
-        destination=platform_account(Account.Kind.REVENUE),
-        amount=taken,
-        idempotency_key=idempotency_key,
-        kind=kind,
-        memo=memo,
-    )
-    if getattr(txn, "replayed", False):
-        return -txn.entries.get(account=main).amount  # what the first settlement took
-    return taken
-
-
-def usage_charge(*, owner: BillingOwner, amount: int, request_id: str) -> int:
-    """Charge a pay-as-you-go request's cost. Caller holds the settlement transaction."""
-    return _charge_capped(
-        owner=owner,
-        amount=amount,
-        idempotency_key=f"charge:{request_id}",
-        kind=LedgerTransaction.Kind.USAGE,
-        memo=f"request {request_id}",
-    )
-
-
-def byok_fee_charge(*, owner: BillingOwner, amount: int, request_id: str) -> int:
-    """Charge the BYOK fee beyond the free tier. Caller holds the settlement transaction."""
-    return _charge_capped(
-        owner=owner,
-        amount=amount,
-        idempotency_key=f"byok-fee:{request_id}",
-        kind=LedgerTransaction.Kind.BYOK_FEE,
-        memo=f"BYOK fee, request {request_id}",
-    )
-
-
-def pool_reward_credit(*, donor: BillingOwner, amount: int, request_id: str) -> int:
-    """Credit a donor's main balance from the pool-rewards account."""
-    if amount <= 0:
-        return 0
-    ledger_transfer(
-        source=platform_account(Account.Kind.POOL_REWARDS),
-        destination=account_for_owner(owner=donor, kind=Account.Kind.MAIN),
-        amount=amount,
-        idempotency_key=f"pool-reward:{request_id}",
-        kind=LedgerTransaction.Kind.POOL_REWARD,
-        memo=f"pool request {request_id}",
-    )
-    return amount
-
-
-def byok_request_count(*, owner: BillingOwner, at: datetime) -> int:
-    """Count one BYOK request for the owner's calendar month (UTC); returns the month's count so far."""
-    lookup = {**owner_filter(owner), "month": month_start(at)}
-    lookup = {k: v for k, v in lookup.items() if v is not None}
-    counter, _ = ByokMonthlyUsage.objects.get_or_create(**lookup)
-    ByokMonthlyUsage.objects.filter(pk=counter.pk).update(requests=F("requests") + 1)
-    return ByokMonthlyUsage.objects.values_list("requests", flat=True).get(pk=counter.pk)

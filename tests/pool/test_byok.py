@@ -124,8 +124,9 @@ def test_fail_over_past_the_free_tier_holds_for_both_routes_and_releases_both(wo
     own = world.key(owner=alice.user, byok=True)
     world.key()
     world.fake.script(own.secret, status=503)
-    from billing.selectors import month_start
     from django.utils import timezone as django_timezone
+
+    from billing.selectors import month_start
 
     # past the free tier this month: the BYOK fee is held too
     ByokMonthlyUsage.objects.create(user=alice.user, month=month_start(django_timezone.now()), requests=2_000_000)

@@ -6,9 +6,10 @@ from collections import Counter
 import pytest
 from openai import AsyncOpenAI
 
+from billing.models import BalanceHold
 from keys.models import ProviderKey, ProviderKeyLoad, ProviderKeyTransition
 from pool.models import RequestRecord
-from tests.pool.conftest import MODEL, PROMPT, PROVIDER
+from tests.pool.conftest import COST, MODEL, PROMPT, PROVIDER
 from tests.pool.helpers import SIGNUP, assert_ledger_clean, main
 
 pytestmark = pytest.mark.postgres
@@ -16,11 +17,11 @@ pytestmark = pytest.mark.postgres
 POOL_MODEL_ID = f"{PROVIDER}-pool/{MODEL}"
 
 
-async def _burst(api_key: str, url: str, model: str, n: int) -> list:
+async def _burst(api_key: str, url: str, model: str, n: int, **options) -> list:
     client = AsyncOpenAI(api_key=api_key, base_url=f"{url}/v1", max_retries=0, timeout=60)
     try:
         return await asyncio.gather(
-            *(client.chat.completions.create(model=model, messages=PROMPT) for _ in range(n)),
+            *(client.chat.completions.create(model=model, messages=PROMPT, **options) for _ in range(n)),
             return_exceptions=True,
         )
     finally:
@@ -60,4 +61,20 @@ def test_concurrent_429s_pause_the_key_exactly_once(world, settings):
     key.refresh_from_db()
     assert key.status == ProviderKey.Status.PAUSED
     assert ProviderKeyTransition.objects.filter(key=key, to_status=ProviderKey.Status.PAUSED).count() == 1
+    assert_ledger_clean()
+
+
+def test_concurrent_requests_never_reserve_more_than_the_balance(world):
+    key = world.key()
+    world.fake.script(key.secret, first_byte_delay=1.0)  # every request in flight at once
+    alice = world.member()  # $2.00
+    # worst case: 10 prompt tokens (the estimate) × $1/M + 150,000 × $2/M = $0.30001; six fit in $2.00
+    results = asyncio.run(_burst(alice.api_key, world.url, f"{PROVIDER}/{MODEL}", 20, max_tokens=150_000))
+
+    answered = [r for r in results if not isinstance(r, Exception)]
+    refused = [r for r in results if isinstance(r, Exception)]
+    assert len(answered) == 6
+    assert {(r.status_code, r.body["code"]) for r in refused} == {(402, "insufficient_balance")}
+    assert main(alice.user) == SIGNUP - 6 * COST  # charged what was delivered, not what was held
+    assert not BalanceHold.objects.filter(released_at__isnull=True).exists()
     assert_ledger_clean()

@@ -1,0 +1,171 @@
+"""The hot path's statements (pool.sql) on the database the suite runs on: SQLite, or PostgreSQL in CI.
+
+The gateway tests reach these through /v1; the cases here are the ones a provider cannot be made to
+produce on demand: a charge beyond the balance, a fee the balance cannot cover, a replayed settlement.
+"""
+
+import asyncio
+from datetime import datetime, timezone
+
+import pytest
+
+from billing.models import Account, BalanceHold, ByokMonthlyUsage
+from billing.money import parse_usd
+from keys.models import ProviderKey
+from pool import db
+from pool.models import RequestRecord
+from pool.selectors import Caller, Target
+from pool.services import PickedKey, Settlement, Usage, request_settle
+from pool.sql import Hold, hold_place, key_take
+from tests.keys.factories import key_in_state
+from tests.pool.helpers import SIGNUP, assert_ledger_clean, main, platform
+
+pytestmark = pytest.mark.django_db(transaction=True)
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
+
+
+def run(coroutine):
+    """One event loop per call, as the gateway has one per process; its database pool closed after."""
+
+    async def with_pool_closed():
+        try:
+            return await coroutine
+        finally:
+            await db.close_all()
+
+    return asyncio.run(with_pool_closed())
+
+
+def _platform_key() -> ProviderKey:
+    key = key_in_state(ProviderKey.Status.ACTIVE)
+    ProviderKey.objects.filter(pk=key.pk).update(owner_user=None, is_platform=True)
+    key.refresh_from_db()
+    return key
+
+
+def _caller(user) -> Caller:
+    account = Account.objects.get(user=user, kind=Account.Kind.MAIN)
+    return Caller(api_key_id=None, user_id=user.pk, organization_id=None, key_pool_mode="any", byok_fallback=True,
+                  monthly_limit=None, last_used_at=NOW, account_id=account.pk)
+
+
+def _target(key: ProviderKey) -> Target:
+    return Target(requested=f"{key.provider.slug}/m", provider_id=key.provider_id, provider_slug=key.provider.slug,
+                  base_url="http://127.0.0.1:9", model="m", input_price=parse_usd("1"), output_price=parse_usd("2"),
+                  pool=False, pool_cleared=False)
+
+
+def _settlement(user, key: ProviderKey, route: str, *, completion_tokens: int, request_id: str = "req_1"):
+    picked = PickedKey(key_id=key.pk, secret="", route=route, owner_user_id=key.owner_user_id, owner_org_id=None)
+    return Settlement(request_id=request_id, created_at=NOW, caller=_caller(user), target=_target(key), task="chat",
+                      stream=False, outcome=RequestRecord.Outcome.SUCCEEDED, usage=Usage(0, completion_tokens),
+                      key=picked)
+
+
+def test_a_charge_beyond_the_balance_is_capped_and_a_replay_moves_nothing(user):
+    key = _platform_key()
+    # 1.5M output tokens at $2/M: $3.00, more than the $2.00 the member has
+    s = _settlement(user, key, "platform", completion_tokens=1_500_000)
+
+    first = run(request_settle(s=s))
+    again = run(request_settle(s=s))
+
+    assert first.cost == parse_usd("3.00") and first.charged == SIGNUP
+    assert again == first
+    assert main(user) == 0
+    assert platform(Account.Kind.REVENUE) == SIGNUP
+    assert RequestRecord.objects.get().charged == SIGNUP
+    key.stats.refresh_from_db()
+    assert key.stats.requests_served == 1 and key.stats.completion_tokens == 1_500_000
+    assert_ledger_clean()
+
+
+def test_the_byok_fee_past_the_free_tier_is_capped_at_what_is_left(user, settings):
+    settings.HEADROOM_BYOK_FREE_REQUESTS = 1
+    key = key_in_state(ProviderKey.Status.ACTIVE, owner=user, byok=True)
+    ByokMonthlyUsage.objects.create(user=user, month=NOW.date().replace(day=1), requests=1)
+    # the fee is 5% of $60.00 = $3.00; the member has $2.00
+    receipt = run(request_settle(s=_settlement(user, key, "byok", completion_tokens=30_000_000)))
+
+    assert receipt.is_byok and receipt.charged == SIGNUP
+    assert RequestRecord.objects.get().fee == SIGNUP
+    assert ByokMonthlyUsage.objects.get(user=user).requests == 2
+    assert main(user) == 0
+    assert_ledger_clean()
+
+
+def test_a_hold_beyond_the_spendable_balance_is_refused(user):
+    account = Account.objects.get(user=user, kind=Account.Kind.MAIN)
+
+    def hold(amount, hold_id):
+        return run(hold_place(Hold(account_id=account.pk, amount=amount, hold_id=hold_id), now=NOW))
+
+    assert hold(parse_usd("1.50"), "a")
+    assert not hold(parse_usd("0.51"), "b")  # only $0.50 is spendable now
+    assert hold(parse_usd("0.50"), "c")
+
+    account.refresh_from_db()
+    assert account.held == parse_usd("2.00") and account.balance == SIGNUP  # a hold moves no money
+    assert sorted(BalanceHold.objects.values_list("request_id", flat=True)) == ["a", "c"]
+    assert_ledger_clean()
+
+
+def test_the_pick_takes_the_least_recently_used_key_and_counts_it_in_flight(user):
+    keys = [_platform_key(), _platform_key()]
+    ProviderKey.objects.filter(pk=keys[1].pk).update(provider=keys[0].provider)
+
+    def take():
+        return run(key_take(route="platform", include_exchange=False, provider_id=keys[0].provider_id,
+                            user_id=user.pk, organization_id=None, now=NOW))
+
+    taken = [take().key["id"] for _ in range(4)]
+    assert taken == [keys[0].pk, keys[1].pk, keys[0].pk, keys[1].pk]
+    for key in keys:
+        key.load.refresh_from_db()
+        assert key.load.in_flight == 2
+    ProviderKey.objects.filter(pk__in=[k.pk for k in keys]).update(status=ProviderKey.Status.PAUSED)
+    none = take()
+    assert none.key is None and not none.any_candidate
+
+
+@pytest.mark.postgres
+def test_a_charge_racing_a_concurrent_debit_is_capped_at_what_the_debit_left(user):
+    """The settlement caps the charge at the balance its snapshot shows without locking the payer's row
+    first; a debit committed meanwhile makes the not-below-zero CHECK refuse it, and it settles again
+    with the row locked: the member pays what is left, never more, and nothing is written twice."""
+    import threading
+
+    from django.db import connection, transaction
+
+    from billing.services import account_for_owner, ledger_transfer, platform_account
+
+    key = _platform_key()
+    debited, release = threading.Event(), threading.Event()
+
+    def debit():
+        with transaction.atomic():
+            ledger_transfer(source=account_for_owner(owner=user, kind=Account.Kind.MAIN),
+                            destination=platform_account(Account.Kind.ADJUSTMENTS), amount=parse_usd("1.50"),
+                            idempotency_key="race", kind="adjustment")
+            debited.set()
+            release.wait(10)
+        connection.close()
+
+    settlement = _settlement(user, key, "platform", completion_tokens=500_000)  # $1.00
+    thread = threading.Thread(target=debit)
+    thread.start()
+    debited.wait(10)
+
+    async def settle_while_the_debit_commits():
+        settling = asyncio.ensure_future(request_settle(s=settlement))
+        await asyncio.sleep(0.5)  # the settlement has seen $2.00 and waits on the payer's row
+        release.set()
+        return await settling
+
+    receipt = run(settle_while_the_debit_commits())
+    thread.join(10)
+
+    assert receipt.cost == parse_usd("1.00") and receipt.charged == parse_usd("0.50")
+    assert main(user) == 0
+    assert RequestRecord.objects.get().charged == parse_usd("0.50")
+    assert_ledger_clean()
