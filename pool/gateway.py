@@ -347,7 +347,7 @@ async def dispatch(call: Call, plan: Plan, first_key: PickedKey | None, receive,
         raise
     except BaseException:
         # Whatever broke (a bug, a cancellation): settle as failed so the hold and the key's
-        # in-flight count are released. After a settlement this is a no-op (idempotent).
+        # key's lease are released. After a settlement this is a no-op (idempotent).
         await _finish_failed(call, tried[-1] if tried else None, Failure("internal"))
         raise
     if failure is not None:
@@ -370,7 +370,8 @@ async def _try_routes(
             exclude = tuple(k.key_id for k in tried)
             if attempt_number > 0:
                 key = await key_pick(caller=call.caller, target=call.target, route=route,
-                                     include_exchange=plan.include_exchange, exclude=exclude)
+                                     include_exchange=plan.include_exchange, request_id=call.request_id,
+                                     exclude=exclude)
             elif position == 0:
                 key = first_key  # picked in the request's first hop
             else:
@@ -384,7 +385,7 @@ async def _try_routes(
             if key is None:
                 break
             if tried:
-                await db_call(provider_key_release, key_id=tried[-1].key_id)
+                await db_call(provider_key_release, key_id=tried[-1].key_id, request_id=call.request_id)
             tried.append(key)
             failure = await attempt(call, key, receive, send)
             if failure is None:

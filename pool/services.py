@@ -206,7 +206,7 @@ async def route_open(
     if hold is not None and not await sql.hold_place(hold, now=timezone.now()):
         raise GatewayError(402, errors.INSUFFICIENT_BALANCE, type="insufficient_quota", code="insufficient_balance")
     return await key_pick(caller=caller, target=target, route=route, include_exchange=plan.include_exchange,
-                          exclude=exclude)
+                          request_id=request_id, exclude=exclude)
 
 
 _pick_locks: dict[tuple[asyncio.AbstractEventLoop, int], asyncio.Lock] = {}
@@ -221,7 +221,7 @@ def _pick_lock(provider_id: int) -> asyncio.Lock:
     for a moment, the others skip it, and the rotation drifts (seen as 68/67/65
     instead of 67/67/66 over 200 requests and three keys); with a single key
     they would all find it locked and back off. A pick is one short statement
-    that waits on no other row (the hold is placed before, outside this lock),
+    that waits on no other row (the hold is placed before, outside this line),
     so queueing them costs little and keeps the order strict.
     """
     key = (asyncio.get_running_loop(), provider_id)
@@ -232,17 +232,18 @@ def _pick_lock(provider_id: int) -> asyncio.Lock:
 
 
 async def key_pick(
-    *, caller: Caller, target: Target, route: str, include_exchange: bool, exclude: tuple[int, ...] = (),
+    *, caller: Caller, target: Target, route: str, include_exchange: bool, request_id: str,
+    exclude: tuple[int, ...] = (),
 ) -> PickedKey | None:
     """Take the least recently used candidate key for the route, atomically across processes
-    (pool.sql.key_take). When every candidate is held by picks in progress, it retries briefly rather
-    than report "no key". None means no candidate exists."""
+    (pool.sql.key_take). When every candidate is held by picks in progress, it retries briefly
+    rather than report "no key". None means no candidate exists."""
     for attempt in range(PICK_RETRIES):
         async with _pick_lock(target.provider_id):
             row = await sql.key_take(
                 route=route, include_exchange=include_exchange, provider_id=target.provider_id,
-                user_id=caller.user_id, organization_id=caller.organization_id, exclude=exclude,
-                now=timezone.now(),
+                user_id=caller.user_id, organization_id=caller.organization_id, request_id=request_id,
+                exclude=exclude, now=timezone.now(),
             )
         if row.key is not None:
             key = row.key
@@ -405,7 +406,7 @@ def _receipt_of_record(request_id: str) -> Receipt:
 
 async def request_settle(*, s: Settlement) -> Receipt:
     """Settle one request exactly once: money, the request record, the key's counters and its
-    in-flight count. A second call with the same request id moves nothing and returns the first
+    lease on its key. A second call with the same request id moves nothing and returns the first
     receipt. Rewards and earnings are paid only for a succeeded request."""
     spec = await settlement_spec(s)
     now = timezone.now()

@@ -1,4 +1,4 @@
-"""The gateway's hand-written SQL: the three statements of a request's hot path.
+"""The gateway's hand-written SQL: the four statements of a request's hot path.
 
 Why raw SQL: built with the ORM, one request took ~30 statements and ~13 ms of
 Python; PERFORMANCE.md measured the way to a few hundred requests a second per
@@ -11,16 +11,17 @@ core as one statement per phase on psycopg's async pool. So a request makes:
 2. `hold_place`, then `key_take` — reserve the worst case (a conditional
    UPDATE of the payer's `held` with the hold row, so concurrent requests can
    never reserve more than the balance), then take the least recently used
-   key: stamp a strictly increasing `lru_seq`, count it in flight. Two
-   statements, so that a pick never waits on the payer's account row (a
-   settlement of the same payer holds it to its commit) while it holds a key.
+   key: stamp a strictly increasing `lru_seq` and lease it to the request (a
+   row, deleted at settlement: what DISABLING drains). Two statements, so a
+   pick never waits on the payer's row (a settlement of the same payer holds
+   it to its commit) while it holds a key or its provider's place in line.
    Both commit without waiting for the disk (pool.db, `durable=False`).
 3. `settle` — everything after the answer, exactly once per request: the
    request record (its unique `request_id` is the gate: a replay inserts
    nothing and so moves nothing), the charge capped at the balance, the BYOK
    month count and fee past the free tier, the reward or exchange earning,
    ledger transactions and entries, cached balances, hold release, the key's
-   counters and in-flight count.
+   counters, the end of its lease.
 
 The rules of which rows qualify (a routable model, a key in the pool, a BYOK
 key...) stay ORM Q objects in keys.selectors and exchange.selectors; this
@@ -42,8 +43,7 @@ Each statement exists once per database, side by side:
   order the final SELECT reads them, which is also the order rows are locked
   in: shared rows as late as possible, so each is held only from its UPDATE
   to the commit — the payer's account, then the platform accounts (revenue
-  is moved by every charge), then the key's in-flight count (its next pick
-  waits on it). The charge is capped at the balance the statement's snapshot
+  is moved by every charge). The charge is capped at the balance the statement's snapshot
   shows, without locking the payer's row up front; should a concurrent
   charge have taken the balance below that meanwhile, the account's
   not-below-zero CHECK refuses the whole statement, and it runs again with
@@ -310,24 +310,27 @@ def _owner_accounts_sql(alias: str) -> str:
     )
 
 
-def _pick_pg(candidates: tuple[str, list]) -> tuple[str, list]:
+def _pick_pg(candidates: tuple[str, list], request_id: str) -> tuple[str, list]:
     cand_sql, cand_params = candidates
     keys_table = '"keys_providerkey"'
     p = Params()
     p.extend(cand_params)
     returning = ", ".join(f"keys_providerkey.{c}" for c in PICKED_COLUMNS)
     columns = ", ".join(f"k.{c}" for c in PICKED_COLUMNS)
-    sql = (
-        f"WITH candidate AS ({cand_sql} ORDER BY {keys_table}.\"lru_seq\", {keys_table}.\"id\" LIMIT 1"
-        f" FOR NO KEY UPDATE OF {keys_table} SKIP LOCKED),"
+    ctes = [
+        f"candidate AS ({cand_sql} ORDER BY {keys_table}.\"lru_seq\", {keys_table}.\"id\" LIMIT 1"
+        f" FOR NO KEY UPDATE OF {keys_table} SKIP LOCKED)",
         # The order was judged on this statement's snapshot; `seen` keeps the lru_seq it judged by.
-        " seen AS (SELECT id, lru_seq FROM keys_providerkey WHERE id IN (SELECT id FROM candidate)),"
-        f" picked AS (UPDATE keys_providerkey SET lru_seq = nextval('{LRU_SEQUENCE}'), last_used_at = now()"
+        "seen AS (SELECT id, lru_seq FROM keys_providerkey WHERE id IN (SELECT id FROM candidate))",
+        f"picked AS (UPDATE keys_providerkey SET lru_seq = nextval('{LRU_SEQUENCE}'), last_used_at = now()"
         " FROM seen WHERE keys_providerkey.id = seen.id AND keys_providerkey.lru_seq = seen.lru_seq"
-        f" RETURNING {returning}),"
-        " counted AS (UPDATE keys_providerkeyload SET in_flight = in_flight + 1"
-        " WHERE key_id IN (SELECT id FROM picked) RETURNING key_id)"
-        f" SELECT (SELECT count(*) FROM counted), {columns}, {_owner_accounts_sql('k')},"
+        f" RETURNING {returning})",
+        "leased AS (INSERT INTO keys_providerkeylease (key_id, request_id, created_at)"
+        f" SELECT id, {p(request_id)}, now() FROM picked RETURNING key_id)",
+    ]
+    sql = (
+        "WITH " + ", ".join(ctes) +
+        f" SELECT (SELECT count(*) FROM leased), {columns}, {_owner_accounts_sql('k')},"
         f" CASE WHEN k.id IS NULL THEN EXISTS ({cand_sql}) ELSE true END"
         " FROM (SELECT 1) AS one LEFT JOIN picked k ON true"
     )
@@ -346,7 +349,7 @@ def _pick_row(row) -> PickRow:
     return PickRow(key=key, any_candidate=bool(any_candidate))
 
 
-def _pick_sqlite(*, candidates: tuple[str, list], now: datetime) -> PickRow:
+def _pick_sqlite(*, candidates: tuple[str, list], request_id: str, now: datetime) -> PickRow:
     cand_sql, cand_params = candidates
     returning = ", ".join(f'"{c}"' for c in PICKED_COLUMNS)
     with transaction.atomic(), connection.cursor() as cursor:
@@ -362,7 +365,8 @@ def _pick_sqlite(*, candidates: tuple[str, list], now: datetime) -> PickRow:
             _sqlite_execute(cursor, f"SELECT EXISTS ({cand_sql})", cand_params)
             return PickRow(key=None, any_candidate=bool(cursor.fetchone()[0]))
         key_id = row[0]
-        _sqlite_execute(cursor, "UPDATE keys_providerkeyload SET in_flight = in_flight + 1 WHERE key_id = %s", [key_id])
+        _sqlite_execute(cursor, "INSERT INTO keys_providerkeylease (key_id, request_id, created_at) VALUES (%s, %s, %s)",
+                        [key_id, request_id, now])
         _sqlite_execute(cursor, f"SELECT {_owner_accounts_sql('k')} FROM keys_providerkey k WHERE k.id = %s", [key_id])
         main_account, frozen_account = cursor.fetchone()
     return _pick_row((1, *row, main_account, frozen_account, True))
@@ -402,16 +406,17 @@ async def hold_place(hold: Hold, *, now: datetime) -> bool:
 
 async def key_take(
     *, route: str, include_exchange: bool, provider_id: int, user_id: int, organization_id: int | None,
-    exclude: tuple[int, ...] = (), now: datetime,
+    request_id: str, exclude: tuple[int, ...] = (), now: datetime,
 ) -> PickRow:
-    """Take the least recently used free candidate of the route for this caller, in one statement."""
+    """Take the least recently used free candidate of the route for this caller, leased to
+    `request_id` until it settles, in one statement."""
     f = await _fragments_ready()
     which = "platform+exchange" if route == "platform" and include_exchange else route
     candidates = _candidates(f, route=which, provider_id=provider_id, user_id=user_id,
                              organization_id=organization_id, exclude=exclude)
     if is_postgres():
-        return _pick_row(await pg_fetchone(*_pick_pg(candidates), durable=False))
-    return await db_call(_pick_sqlite, candidates=candidates, now=now)
+        return _pick_row(await pg_fetchone(*_pick_pg(candidates, request_id), durable=False))
+    return await db_call(_pick_sqlite, candidates=candidates, request_id=request_id, now=now)
 
 
 # --- 3. settle ----------------------------------------------------------------------------------
@@ -636,14 +641,10 @@ def _settle_pg(s: SettleSpec, *, lock_payer: bool) -> tuple[str, dict]:
             " AND (last_used_at IS NULL OR last_used_at < now() - interval '60 seconds') RETURNING id)"
         )
         reads.append("(SELECT count(*) FROM touched)")
-    if s.key_id is not None:
-        # The very last step: a pick of this key waits on this row until the commit, and a key whose
-        # pick waits loses its turns to the others (the rotation would drift).
-        ctes.append(
-            f"unloaded AS (UPDATE keys_providerkeyload SET in_flight = in_flight - 1 WHERE key_id = {n('key', s.key_id)}"
-            f" AND in_flight > 0 AND {once} RETURNING key_id)"
-        )
-        reads.append("(SELECT count(*) FROM unloaded)")
+    # The request's lease on its key ends with it (a replay finds none left).
+    ctes.append(f"unleased AS (DELETE FROM keys_providerkeylease WHERE request_id = {n('r_request_id', s.record['request_id'])}"
+                " RETURNING key_id)")
+    reads.append("(SELECT count(*) FROM unleased)")
     sql = "WITH " + ", ".join(ctes) + " SELECT m.charged, m.fee, " + ", ".join(reads) + " FROM money m"
     return sql, n.values
 
@@ -728,8 +729,6 @@ def _settle_sqlite(s: SettleSpec, now: datetime) -> Settled:
                     " completion_tokens = completion_tokens + excluded.completion_tokens,"
                     " credits_earned = credits_earned + excluded.credits_earned, updated_at = excluded.updated_at",
                     [s.key_id, r["prompt_tokens"], r["completion_tokens"], s.credit.amount if s.credit else 0, now])
-            run("UPDATE keys_providerkeyload SET in_flight = in_flight - 1 WHERE key_id = %s AND in_flight > 0",
-                [s.key_id])
         if charged + fee:
             run(f"UPDATE billing_account SET balance = balance + %s WHERE id = {revenue}", [charged + fee])
         if s.credit:
@@ -737,6 +736,7 @@ def _settle_sqlite(s: SettleSpec, now: datetime) -> Settled:
                 [s.credit.amount])
         if s.touch_api_key:
             run("UPDATE accounts_apikey SET last_used_at = %s WHERE id = %s", [now, s.record["api_key_id"]])
+        run("DELETE FROM keys_providerkeylease WHERE request_id = %s", [s.record["request_id"]])
     return Settled(inserted=True, charged=charged, fee=fee)
 
 

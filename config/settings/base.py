@@ -254,7 +254,7 @@ HEADROOM_BYOK_FEE_PERCENT = "5"
 HEADROOM_STALE_HOLD_SECONDS = 3600
 # The gateway's own PostgreSQL pool (pool.db), next to Django's: connections per worker process.
 HEADROOM_GATEWAY_DB_POOL_MIN = env.int("HEADROOM_GATEWAY_DB_POOL_MIN", default=2)
-HEADROOM_GATEWAY_DB_POOL_MAX = env.int("HEADROOM_GATEWAY_DB_POOL_MAX", default=20)
+HEADROOM_GATEWAY_DB_POOL_MAX = env.int("HEADROOM_GATEWAY_DB_POOL_MAX", default=4)
 # Server-side prepared statements after this many uses of a statement; -1 turns them off (PgBouncer
 # in transaction mode does not keep them).
 HEADROOM_DB_PREPARE_THRESHOLD = env.int("HEADROOM_DB_PREPARE_THRESHOLD", default=5)

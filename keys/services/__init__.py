@@ -23,7 +23,6 @@ from .provider_keys import (
     provider_key_release,
     provider_key_revalidate,
     provider_key_secret,
-    provider_key_stats_add,
     provider_key_update,
 )
 from .rotation import EncryptionRotationError, encryption_keys_rotate
@@ -60,7 +59,6 @@ __all__ = [
     "provider_key_revalidate",
     "provider_key_reverify_exchange",
     "provider_key_secret",
-    "provider_key_stats_add",
     "provider_key_update",
     "provider_key_verify",
     "provider_model_set_prices",

@@ -29,7 +29,7 @@ from keys.models import (
     PoolConsent,
     Provider,
     ProviderKey,
-    ProviderKeyLoad,
+    ProviderKeyLease,
     ProviderKeyStats,
     ProviderKeyTransition,
 )
@@ -286,7 +286,6 @@ def provider_key_create(
                 exchange_listed_at=now if exchange else None,
             )
             ProviderKeyStats.objects.create(key=key)
-            ProviderKeyLoad.objects.create(key=key)
             if write_consent:
                 _consent_record(user=actor, key=key)
             _audit(key_id=key.pk, before=Status.PENDING, after=Status.PENDING, actor=actor, reason=REASON_ENROLLED)
@@ -381,9 +380,10 @@ def _scrub(key: ProviderKey, *, actor: User | None) -> None:
 def provider_key_drain(*, key_id: int) -> str:
     """DISABLING → INACTIVE once nothing is in flight (scrubbing a removed key's secret).
 
-    The gateway counts a request in `ProviderKeyLoad.in_flight` in the same transaction as its pick
-    and takes it off with `provider_key_release`. A process that dies mid-request would leave the count stuck, so after
-    HEADROOM_DISABLING_TIMEOUT seconds (longer than any request may last) the key is retired anyway.
+    The gateway writes a `ProviderKeyLease` in the same statement as its pick and deletes it when the
+    request settles (or fails over to another key: `provider_key_release`). A process that dies
+    mid-request would leave its lease behind, so after HEADROOM_DISABLING_TIMEOUT seconds (longer than
+    any request may last) the key is retired anyway and such leases are dropped.
     Returns the key's status after the call.
     """
     timeout = timedelta(seconds=_setting_int("HEADROOM_DISABLING_TIMEOUT", 900))
@@ -396,7 +396,7 @@ def provider_key_drain(*, key_id: int) -> str:
             if provider_key_in_flight(key_id=key.pk) == 0:
                 provider_key_transition(key=key, name="retire", actor=None, reason=REASON_DRAINED)
             elif timezone.now() - key.status_changed_at >= timeout:
-                ProviderKeyLoad.objects.filter(key_id=key.pk).update(in_flight=0)
+                ProviderKeyLease.objects.filter(key_id=key.pk).delete()
                 provider_key_transition(key=key, name="retire",
                     actor=None,
                     reason=REASON_DRAIN_TIMEOUT.format(seconds=int(timeout.total_seconds())),
@@ -517,26 +517,10 @@ def provider_key_record_failure(*, key_id: int, reason: str) -> bool:
 
 
 def provider_key_in_flight(*, key_id: int) -> int:
-    return ProviderKeyLoad.objects.filter(key_id=key_id).values_list("in_flight", flat=True).first() or 0
+    """Requests using the key right now (their leases)."""
+    return ProviderKeyLease.objects.filter(key_id=key_id).count()
 
 
-def provider_key_release(*, key_id: int) -> None:
-    """One request that the gateway's pick (pool.sql.lru_pick) counted in flight is over (never below zero)."""
-    ProviderKeyLoad.objects.filter(key_id=key_id, in_flight__gt=0).update(in_flight=F("in_flight") - 1)
-
-
-def provider_key_stats_add(
-    *, key_id: int, prompt_tokens: int, completion_tokens: int, credits_earned: int = 0, requests: int = 1
-) -> None:
-    """Add one settled request to a key's aggregate counters (called by billing settlement)."""
-    fields = {
-        "requests_served": F("requests_served") + requests,
-        "prompt_tokens": F("prompt_tokens") + prompt_tokens,
-        "completion_tokens": F("completion_tokens") + completion_tokens,
-        "credits_earned": F("credits_earned") + credits_earned,
-        "updated_at": timezone.now(),
-    }
-    if not ProviderKeyStats.objects.filter(key_id=key_id).update(**fields):
-        # Keys are enrolled with their stats row; this covers rows made some other way.
-        ProviderKeyStats.objects.get_or_create(key_id=key_id)
-        ProviderKeyStats.objects.filter(key_id=key_id).update(**fields)
+def provider_key_release(*, key_id: int, request_id: str) -> None:
+    """A request the gateway's pick leased this key to is done with it (it moved to another key)."""
+    ProviderKeyLease.objects.filter(key_id=key_id, request_id=request_id).delete()

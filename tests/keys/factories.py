@@ -56,7 +56,7 @@ def key_in_state(
 ):
     """A key row put straight into `status` (for state-machine tables), with a real encrypted secret."""
     from keys.crypto import encrypt_secret, secret_fingerprint
-    from keys.models import ProviderKey, ProviderKeyLoad, ProviderKeyStats
+    from keys.models import ProviderKey, ProviderKeyLease, ProviderKeyStats
     from tests.accounts.factories import UserFactory
 
     secret = secret or new_secret()
@@ -72,5 +72,6 @@ def key_in_state(
         **fields,
     )
     ProviderKeyStats.objects.create(key=key)
-    ProviderKeyLoad.objects.create(key=key, in_flight=in_flight)
+    for n in range(in_flight):
+        ProviderKeyLease.objects.create(key=key, request_id=f"req_in_flight_{key.pk}_{n}")
     return key

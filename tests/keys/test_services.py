@@ -24,7 +24,6 @@ from keys.services import (
     provider_key_in_flight,
     provider_key_release,
     provider_key_secret,
-    provider_key_stats_add,
     provider_key_update,
     provider_set_clearance,
 )
@@ -279,20 +278,12 @@ def test_a_retiring_key_cannot_be_changed(state):
         provider_key_update(key=key, actor=key.owner_user, byok=True)
 
 
-def test_stats_add_and_release_keep_aggregates_off_the_key_row():
-    key = key_in_state(S.ACTIVE, in_flight=1)
-    provider_key_stats_add(key_id=key.pk, prompt_tokens=10, completion_tokens=5, credits_earned=123)
-    provider_key_stats_add(key_id=key.pk, prompt_tokens=1, completion_tokens=2)
-    stats = ProviderKeyStats.objects.get(key=key)
-    assert (stats.requests_served, stats.prompt_tokens, stats.completion_tokens, stats.credits_earned) == (
-        2,
-        11,
-        7,
-        123,
-    )
-    provider_key_release(key_id=key.pk)
-    provider_key_release(key_id=key.pk)  # never below zero
-    assert provider_key_in_flight(key_id=key.pk) == 0
+def test_release_ends_one_requests_lease_and_only_that():
+    key = key_in_state(S.ACTIVE, in_flight=2)
+    assert provider_key_in_flight(key_id=key.pk) == 2
+    provider_key_release(key_id=key.pk, request_id=f"req_in_flight_{key.pk}_0")
+    provider_key_release(key_id=key.pk, request_id=f"req_in_flight_{key.pk}_0")  # already ended: nothing
+    assert provider_key_in_flight(key_id=key.pk) == 1
 
 
 def test_enrolment_end_to_end_verifies_the_key_against_the_fake_provider(make_provider):

@@ -8,7 +8,7 @@ from django.test import TestCase
 from django.utils import timezone
 from django_fsm import TransitionNotAllowed
 
-from keys.models import ProviderKey, ProviderKeyLoad, ProviderKeyTransition
+from keys.models import ProviderKey, ProviderKeyLease, ProviderKeyTransition
 from keys.services import (
     ProviderKeyError,
     provider_key_deactivate,
@@ -144,7 +144,7 @@ def test_deactivate_with_requests_in_flight_waits_in_disabling_until_drained(sta
     assert key.status == S.DISABLING
     assert key.has_secret
 
-    ProviderKeyLoad.objects.filter(key=key).update(in_flight=0)
+    ProviderKeyLease.objects.filter(key=key).delete()
     assert provider_key_drain(key_id=key.pk) == S.INACTIVE
     key.refresh_from_db()
     assert not key.has_secret and key.fingerprint == "" and key.removed_at is not None

@@ -39,3 +39,22 @@ def usd_float(nanos: int) -> float:
 def assert_ledger_clean() -> None:
     assert ledger_violations() == []
     assert sum(Account.objects.values_list("balance", flat=True)) == 0
+
+
+def wait_until(predicate, *, seconds: float = 5.0) -> bool:
+    """Poll `predicate` until it holds. The in-memory SQLite test database shares one cache between
+    threads and reports a table that the gateway's thread is writing as locked instead of waiting,
+    so a read that meets a settlement in progress is simply tried again."""
+    import time
+
+    from django.db import OperationalError
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return True
+        except OperationalError:
+            pass
+        time.sleep(0.05)
+    return False

@@ -13,7 +13,7 @@ from keys.models import ProviderKey, ProviderKeyTransition
 from keys.services import provider_key_in_flight
 from pool.models import RequestRecord
 from tests.pool.conftest import COST, MODEL, PROMPT, PROVIDER
-from tests.pool.helpers import SIGNUP, assert_ledger_clean, main
+from tests.pool.helpers import SIGNUP, assert_ledger_clean, main, wait_until
 
 MODEL_ID = f"{PROVIDER}/{MODEL}"
 POOL_MODEL_ID = f"{PROVIDER}-pool/{MODEL}"
@@ -151,9 +151,7 @@ def test_client_disconnect_mid_stream_settles_once_and_cancels_the_upstream_call
 
     started = time.monotonic()
     asyncio.run(read_two_chunks_then_leave())
-    deadline = time.monotonic() + 5
-    while not RequestRecord.objects.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(RequestRecord.objects.exists)
     time.sleep(0.3)  # a second settlement, if there were one, would have happened by now
 
     record = RequestRecord.objects.get()

@@ -110,19 +110,18 @@ def test_a_hold_beyond_the_spendable_balance_is_refused(user):
     assert_ledger_clean()
 
 
-def test_the_pick_takes_the_least_recently_used_key_and_counts_it_in_flight(user):
+def test_the_pick_takes_the_least_recently_used_key_and_leases_it_to_the_request(user):
     keys = [_platform_key(), _platform_key()]
     ProviderKey.objects.filter(pk=keys[1].pk).update(provider=keys[0].provider)
 
-    def take():
+    def take(request_id="r"):
         return run(key_take(route="platform", include_exchange=False, provider_id=keys[0].provider_id,
-                            user_id=user.pk, organization_id=None, now=NOW))
+                            user_id=user.pk, organization_id=None, request_id=request_id, now=NOW))
 
-    taken = [take().key["id"] for _ in range(4)]
+    taken = [take(f"r{i}").key["id"] for i in range(4)]
     assert taken == [keys[0].pk, keys[1].pk, keys[0].pk, keys[1].pk]
-    for key in keys:
-        key.load.refresh_from_db()
-        assert key.load.in_flight == 2
+    assert sorted(keys[0].leases.values_list("request_id", flat=True)) == ["r0", "r2"]
+    assert sorted(keys[1].leases.values_list("request_id", flat=True)) == ["r1", "r3"]
     ProviderKey.objects.filter(pk__in=[k.pk for k in keys]).update(status=ProviderKey.Status.PAUSED)
     none = take()
     assert none.key is None and not none.any_candidate
