@@ -34,11 +34,15 @@ def _multi_fernet(keys: tuple[str, ...]) -> MultiFernet:
     return MultiFernet([Fernet(key.encode() if isinstance(key, str) else key) for key in keys])
 
 
-def _fernet() -> MultiFernet:
+def _keys() -> tuple[str, ...]:
     keys = tuple(k for k in getattr(settings, "HEADROOM_FIELD_ENCRYPTION_KEYS", ()) if k)
     if not keys:
         raise ImproperlyConfigured(NO_ENCRYPTION_KEYS)
-    return _multi_fernet(keys)
+    return keys
+
+
+def _fernet() -> MultiFernet:
+    return _multi_fernet(_keys())
 
 
 def encrypt_secret(secret: str) -> str:
@@ -48,8 +52,17 @@ def encrypt_secret(secret: str) -> str:
 def decrypt_secret(ciphertext: str) -> str:
     if not ciphertext:
         raise SecretDecryptError(DECRYPT_FAILED)
+    return _decrypt(ciphertext, _keys())
+
+
+@functools.lru_cache(maxsize=1024)
+def _decrypt(ciphertext: str, keys: tuple[str, ...]) -> str:
+    """Decrypt once per ciphertext and key set in a process: the gateway needs a key's secret on
+    every request, and verifying and decrypting the Fernet token each time was a visible share of its
+    CPU. The plain secret is in this process's memory for every call anyway; a changed key set (a
+    rotation) misses the cache, and a scrubbed key has no ciphertext."""
     try:
-        return _fernet().decrypt(ciphertext.encode()).decode()
+        return _multi_fernet(keys).decrypt(ciphertext.encode()).decode()
     except (InvalidToken, UnicodeError, ValueError, TypeError):
         raise SecretDecryptError(DECRYPT_FAILED) from None
 

@@ -28,7 +28,8 @@ _pools: dict[tuple[asyncio.AbstractEventLoop, bool], "asyncio.Task"] = {}  # (lo
 
 
 def is_postgres() -> bool:
-    return connection.vendor == "postgresql"
+    # From the settings, not `connection`: that is a per-thread lookup on every call.
+    return settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
 
 
 def _run(fn: Callable[..., T], kwargs: dict) -> T:

@@ -52,7 +52,6 @@ Each statement exists once per database, side by side:
   transaction of plain statements, in a worker thread.
 """
 
-import functools
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
@@ -137,8 +136,16 @@ class Fragments:
     candidates: dict  # route -> (sql selecting keys_providerkey.id, params)
 
 
-@functools.cache
+_compiled_fragments: dict[str, Fragments] = {}
+
+
 def _fragments(vendor: str) -> Fragments:
+    if vendor not in _compiled_fragments:
+        _compiled_fragments[vendor] = _compile_fragments()
+    return _compiled_fragments[vendor]
+
+
+def _compile_fragments() -> Fragments:
     keys = ProviderKey.objects.order_by()
     global_rate_sql, global_rate_params = (
         PayoutRateRule.objects.filter(GLOBAL_RULE).order_by("id").values("percent")[:1].query.sql_with_params()
@@ -173,10 +180,11 @@ def _fragments(vendor: str) -> Fragments:
 
 
 async def _fragments_ready() -> Fragments:
-    vendor = connection.vendor
-    if _fragments.cache_info().currsize:
-        return _fragments(vendor)
-    return await db_call(_fragments, vendor=vendor)  # compiling may ask the server its version
+    vendor = "postgresql" if is_postgres() else "sqlite"
+    compiled = _compiled_fragments.get(vendor)
+    if compiled is None:
+        compiled = await db_call(_fragments, vendor=vendor)  # compiling may ask the server its version
+    return compiled
 
 
 # --- 1. the request's context -------------------------------------------------------------------
