@@ -748,6 +748,9 @@ def _settle_sqlite(s: SettleSpec, now: datetime) -> Settled:
     return Settled(inserted=True, charged=charged, fee=fee)
 
 
+SETTLE_ATTEMPTS = 3
+
+
 class PlatformAccountMissing(Exception):
     """A platform account the settlement posts to does not exist yet; nothing was written."""
 
@@ -757,13 +760,23 @@ async def settle(spec: SettleSpec, *, now: datetime) -> Settled:
     if is_postgres():
         from psycopg.errors import CheckViolation, DeadlockDetected, NotNullViolation
 
+        lock_payer = False
         try:
-            try:
-                row = await pg_fetchone(*_settle_pg(spec, lock_payer=False))
-            except (CheckViolation, DeadlockDetected):
-                # The balance fell below what the snapshot showed (a charge beyond the hold met a
-                # concurrent one): nothing was written; settle again with the payer locked first.
-                row = await pg_fetchone(*_settle_pg(spec, lock_payer=True))
+            for attempt in range(SETTLE_ATTEMPTS):
+                try:
+                    row = await pg_fetchone(*_settle_pg(spec, lock_payer=lock_payer))
+                    break
+                except CheckViolation:
+                    # The balance fell below what the snapshot showed (a charge beyond the hold met
+                    # a concurrent one): nothing was written; settle again with the payer locked first.
+                    if lock_payer:
+                        raise
+                    lock_payer = True
+                except DeadlockDetected:
+                    # Only with the payer locked first, against a settlement locking the other way
+                    # round; nothing was written, and one of the two goes on.
+                    if attempt == SETTLE_ATTEMPTS - 1:
+                        raise
         except NotNullViolation as error:
             if error.diag.table_name == "billing_ledgerentry":
                 raise PlatformAccountMissing() from None

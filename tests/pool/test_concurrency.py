@@ -78,3 +78,4 @@ def test_concurrent_requests_never_reserve_more_than_the_balance(world):
     assert main(alice.user) == SIGNUP - 6 * COST  # charged what was delivered, not what was held
     assert not BalanceHold.objects.filter(released_at__isnull=True).exists()
     assert_ledger_clean()
+

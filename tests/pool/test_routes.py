@@ -4,7 +4,7 @@ from decimal import Decimal
 
 import pytest
 
-from billing.models import ByokMonthlyUsage
+from billing.models import BalanceHold, ByokMonthlyUsage
 from billing.money import percent_of
 from keys.models import ProviderKeyStats
 from pool.models import RequestRecord
@@ -212,4 +212,32 @@ def test_global_zero_rate_takes_exchange_keys_out_whatever_user_rules_say(world)
     routes = {_chat(alice, world.url)[0]["x-headroom-route"] for _ in range(4)}
     assert routes == {"platform", "exchange"}
     assert frozen(bob.user) == 2 * percent_of(COST, Decimal("50.00"))
+    assert_ledger_clean()
+
+
+def test_the_hold_follows_the_model_price_in_force_and_the_route(world):
+    """Each request reserves its worst case at the prices in force when it is made (a price change
+    shows at once, whatever the gateway read before), and only on a route that charges."""
+    from billing.money import token_cost
+    from keys.models import ProviderModel
+    from tests.pool.conftest import INPUT_PRICE
+
+    world.key()
+    alice = world.member()
+    client = alice.client(world.url)
+
+    def held_for(**options) -> int | None:
+        raw = client.chat.completions.with_raw_response.create(model=MODEL_ID, messages=PROMPT,
+                                                               max_tokens=1000, **options)
+        hold = BalanceHold.objects.filter(request_id=f"{raw.headers['x-headroom-request-id']}:platform").first()
+        return hold.amount if hold else None
+
+    prompt_estimate = 10  # "hello there world": 17 characters / 3, plus 4 for the message
+    assert held_for() == token_cost(prompt_estimate, INPUT_PRICE) + token_cost(1000, 2_000_000_000)
+    assert held_for() == token_cost(prompt_estimate, INPUT_PRICE) + token_cost(1000, 2_000_000_000)
+    ProviderModel.objects.filter(name=MODEL).update(output_price=20_000_000_000)  # ×10
+    assert held_for() == token_cost(prompt_estimate, INPUT_PRICE) + token_cost(1000, 20_000_000_000)
+    world.key(owner=alice.user, byok=True)
+    assert held_for() is None  # BYOK within the free tier reserves nothing
+    assert not BalanceHold.objects.filter(released_at__isnull=True).exists()
     assert_ledger_clean()
