@@ -103,11 +103,13 @@ async def _pool(durable: bool):
 async def pg_fetchone(sql: str, params: Sequence | dict, *, durable: bool = True) -> tuple | None:
     """One statement on the loop's pool, in autocommit; its first row.
 
-    `durable=False` runs it on connections with `synchronous_commit = off`: its commit is visible at
-    once but flushed to disk a moment later, so its row locks are released without waiting for the
-    disk. Only for what may be lost in a database crash without losing money: the key pick and its
-    hold (a request in flight when the database crashes is lost anyway, and the WAL is flushed in
-    order, so a later durable commit — the settlement — carries the pick's with it).
+    There are two pools. `durable=False` is the first hop's: the context read, the hold and the key
+    pick, on connections with `synchronous_commit = off`, whose commits are visible at once but
+    flushed to disk a moment later, so their row locks are released without waiting for the disk.
+    Only what may be lost in a database crash without losing money goes there (a request in flight
+    when the database crashes is lost anyway, and the WAL is flushed in order, so a later durable
+    commit — the settlement — carries the pick's with it). The durable pool is the settlements':
+    kept apart so that a new request's first hop never queues behind settlements waiting on rows.
     """
     pool = await _pool(durable)
     async with pool.connection() as conn:

@@ -261,7 +261,7 @@ async def request_context(*, raw_hash: str, slug: str, model: str, month: date) 
     """The caller and what it asks for, in one SELECT; None when the API key is not valid."""
     sql, params = _context_sql(await _fragments_ready(), raw_hash=raw_hash, slug=slug, model=model, month=month)
     if is_postgres():
-        return _context_row(await pg_fetchone(sql, params))
+        return _context_row(await pg_fetchone(sql, params, durable=False))
     return _context_row(await db_call(_context_sqlite, sql=sql, params=params))
 
 
