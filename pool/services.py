@@ -10,6 +10,7 @@ run ORM code in a worker thread (pool.db.db_call).
 """
 
 import asyncio
+import weakref
 from dataclasses import dataclass
 from datetime import datetime
 from datetime import timezone as dt_timezone
@@ -117,7 +118,7 @@ async def request_begin(
     platform_only: bool,
 ) -> Begun:
     """Everything before the first upstream call: who (401/429), which model (404), which routes and
-    the money they need (403/402), and the first key. Two statements on the common path."""
+    the money they need (403/402), and the first key: three statements (pool.sql: context, hold, pick)."""
     caller, row = await caller_open(raw_key=raw_key, model=model, at=at)
     if row.provider_id is None:
         raise GatewayError(404, errors.MODEL_UNKNOWN.format(model=model[:200]), param="model", code="model_not_found")
@@ -209,7 +210,9 @@ async def route_open(
                           request_id=request_id, exclude=exclude)
 
 
-_pick_locks: dict[tuple[asyncio.AbstractEventLoop, int], asyncio.Lock] = {}
+_pick_locks: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, asyncio.Lock]]" = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _pick_lock(provider_id: int) -> asyncio.Lock:
@@ -224,10 +227,10 @@ def _pick_lock(provider_id: int) -> asyncio.Lock:
     that waits on no other row (the hold is placed before, outside this line),
     so queueing them costs little and keeps the order strict.
     """
-    key = (asyncio.get_running_loop(), provider_id)
-    lock = _pick_locks.get(key)
+    locks = _pick_locks.setdefault(asyncio.get_running_loop(), {})
+    lock = locks.get(provider_id)
     if lock is None:
-        lock = _pick_locks[key] = asyncio.Lock()
+        lock = locks[provider_id] = asyncio.Lock()
     return lock
 
 
