@@ -41,13 +41,14 @@ Each statement exists once per database, side by side:
   so the UPDATE also requires the `lru_seq` the snapshot saw, and the caller
   tries again. The settlement is one data-modifying CTE; its steps run in the
   order the final SELECT reads them, which is also the order rows are locked
-  in: shared rows as late as possible, so each is held only from its UPDATE
-  to the commit — the payer's account, then the platform accounts (revenue
-  is moved by every charge). The charge is capped at the balance the statement's snapshot
-  shows, without locking the payer's row up front; should a concurrent
-  charge have taken the balance below that meanwhile, the account's
-  not-below-zero CHECK refuses the whole statement, and it runs again with
-  the payer's row locked first.
+  in: rows other requests contend for as late as possible, so each is held
+  only from its UPDATE to the commit — the key owner's account, the key's
+  counters, the payer's account, then the platform accounts (revenue is
+  moved by every charge). The charge is capped at the balance the statement's
+  snapshot shows, without locking the payer's row up front; should a
+  concurrent charge have taken the balance below that meanwhile, the
+  account's not-below-zero CHECK refuses the whole statement, and it runs
+  again with the payer's row locked first.
 - SQLite: writers are serialised (BEGIN IMMEDIATE), so each phase is a short
   transaction of plain statements, in a worker thread.
 """
@@ -242,7 +243,7 @@ def _context_row(row) -> ContextRow | None:
         return None
     (api_key_id, user_id, organization_id, mode, fallback, limit, last_used, *target, account_id,
      pool_gate, byok_ready, byok_requests, rate) = row
-    if last_used is not None and connection.vendor == "sqlite":  # naive UTC, or its text form
+    if last_used is not None and not is_postgres():  # SQLite: naive UTC, or its text form
         last_used = connection.ops.convert_datetimefield_value(last_used, None, connection)
     caller = Caller(api_key_id=api_key_id, user_id=user_id, organization_id=organization_id, key_pool_mode=mode,
                     byok_fallback=bool(fallback), monthly_limit=limit, last_used_at=last_used, account_id=account_id)
