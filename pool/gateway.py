@@ -346,7 +346,7 @@ async def dispatch(call: Call, plan: Plan, first_key: PickedKey | None, receive,
     except GatewayError:
         raise
     except BaseException:
-        # Whatever broke (a bug, a cancellation): settle as failed so the hold and the key's
+        # Whatever broke (a bug, a cancellation): settle as failed so the hold and the request's
         # lease on its key are released. After a settlement this is a no-op (idempotent).
         await _finish_failed(call, tried[-1] if tried else None, Failure("internal"))
         raise
