@@ -19,6 +19,7 @@ from keys.selectors import provider_key_exchange_candidates
 from keys.services import (
     TransientCheckError,
     provider_key_drain,
+    provider_key_leases_release_stale,
     provider_key_note_error,
     provider_key_probe,
     provider_key_reverify_exchange,
@@ -103,7 +104,8 @@ def provider_keys_probe_paused_task() -> int:
 
 @shared_task(ignore_result=True)
 def provider_keys_sweep_task() -> dict:
-    """Finish DISABLING keys, and verify PENDING keys whose verification was lost or gave up."""
+    """Finish DISABLING keys, verify PENDING keys whose verification was lost or gave up, and drop
+    leases of requests that died with their gateway process."""
     stale = timezone.now() - timedelta(seconds=int(getattr(settings, "HEADROOM_PENDING_RECHECK_AFTER", 600)))
     disabling = list(ProviderKey.objects.filter(status=Status.DISABLING).values_list("pk", flat=True))
     pending = list(
@@ -113,4 +115,7 @@ def provider_keys_sweep_task() -> dict:
         provider_key_drain_task.delay(key_id)
     for key_id in pending:
         provider_key_verify_task.delay(key_id)
-    return {"disabling": len(disabling), "pending": len(pending)}
+    stale_leases = provider_key_leases_release_stale(
+        older_than=timedelta(seconds=settings.HEADROOM_STALE_HOLD_SECONDS)
+    )
+    return {"disabling": len(disabling), "pending": len(pending), "stale_leases": stale_leases}

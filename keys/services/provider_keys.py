@@ -524,3 +524,14 @@ def provider_key_in_flight(*, key_id: int) -> int:
 def provider_key_release(*, key_id: int, request_id: str) -> None:
     """A request the gateway's pick leased this key to is done with it (it moved to another key)."""
     ProviderKeyLease.objects.filter(key_id=key_id, request_id=request_id).delete()
+
+
+def provider_key_leases_release_stale(*, older_than: timedelta) -> int:
+    """Drop leases left by a gateway process that died mid-request; returns how many.
+
+    No request lasts this long (the same bound as a stale balance hold), so an older lease belongs to a
+    request that will never settle; left alone it would overstate a key's load and hold a DISABLING key
+    until its drain timeout.
+    """
+    deleted, _ = ProviderKeyLease.objects.filter(created_at__lt=timezone.now() - older_than).delete()
+    return deleted

@@ -40,10 +40,23 @@ def test_sweep_drains_disabling_keys_and_retries_stale_pending_ones(settings):
     key_in_state(S.ACTIVE)
     ProviderKey.objects.filter(pk=stale.pk).update(updated_at=timezone.now() - timedelta(seconds=601))
     with _delayed("provider_key_drain_task") as drain, _delayed("provider_key_verify_task") as verify:
-        assert tasks.provider_keys_sweep_task() == {"disabling": 1, "pending": 1}
+        assert tasks.provider_keys_sweep_task() == {"disabling": 1, "pending": 1, "stale_leases": 0}
     drain.assert_called_once_with(disabling.pk)
     verify.assert_called_once_with(stale.pk)
     assert fresh.pk not in [c.args[0] for c in verify.call_args_list]
+
+
+def test_sweep_drops_leases_of_requests_that_died_with_their_process(settings):
+    from keys.models import ProviderKeyLease
+    from keys.services import provider_key_in_flight
+
+    settings.HEADROOM_STALE_HOLD_SECONDS = 60
+    key = key_in_state(S.ACTIVE, in_flight=2)
+    ProviderKeyLease.objects.filter(request_id=f"req_in_flight_{key.pk}_0").update(
+        created_at=timezone.now() - timedelta(seconds=61)
+    )
+    assert tasks.provider_keys_sweep_task()["stale_leases"] == 1
+    assert provider_key_in_flight(key_id=key.pk) == 1  # the live request keeps its lease
 
 
 def test_sweep_really_retires_a_drained_key():
