@@ -137,13 +137,13 @@ class Fragments:
     candidates: dict  # route -> (sql selecting keys_providerkey.id, params)
 
 
-_compiled_fragments: dict[str, Fragments] = {}
+_compiled_fragments: list[Fragments] = []  # one process, one database: compiled once
 
 
-def _fragments(vendor: str) -> Fragments:
-    if vendor not in _compiled_fragments:
-        _compiled_fragments[vendor] = _compile_fragments()
-    return _compiled_fragments[vendor]
+def _fragments() -> Fragments:
+    if not _compiled_fragments:
+        _compiled_fragments.append(_compile_fragments())
+    return _compiled_fragments[0]
 
 
 def _compile_fragments() -> Fragments:
@@ -181,11 +181,9 @@ def _compile_fragments() -> Fragments:
 
 
 async def _fragments_ready() -> Fragments:
-    vendor = "postgresql" if is_postgres() else "sqlite"
-    compiled = _compiled_fragments.get(vendor)
-    if compiled is None:
-        compiled = await db_call(_fragments, vendor=vendor)  # compiling may ask the server its version
-    return compiled
+    if _compiled_fragments:
+        return _compiled_fragments[0]
+    return await db_call(_fragments)  # compiling may ask the server its version
 
 
 # --- 1. the request's context -------------------------------------------------------------------
