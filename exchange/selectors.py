@@ -1,7 +1,8 @@
 """Reads for the exchange: the payout-rate resolver, the rates a member sees, earnings history.
 
-The gateway calls `payout_rate_resolve` and `exchange_routing_enabled` on the
-request path, so each is one indexed query: the resolver fetches every rule
+The gateway reads the global rule (`GLOBAL_RULE`, judged by `exchange_open_at`)
+inside its first statement and calls `payout_rate_resolve` when an exchange key
+served a request, so the resolver is one indexed query: it fetches every rule
 that could apply (global included) in one SELECT and picks in Python.
 """
 
