@@ -102,10 +102,15 @@ class LedgerTransaction(models.Model):
         WITHDRAWAL_RETURN = "withdrawal_return", "Withdrawal returned"
         WITHDRAWAL_PAID = "withdrawal_paid", "Withdrawal paid"
 
-    idempotency_key = models.CharField(max_length=200, unique=True)
+    # Unique by the constraint below: a field-level unique would add a pattern-matching index on
+    # PostgreSQL that no query uses, and every request's settlement inserts here.
+    idempotency_key = models.CharField(max_length=200)
     kind = models.CharField(max_length=32, choices=Kind.choices)
     memo = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["idempotency_key"], name="ledger_transaction_unique_key")]
 
     def __str__(self) -> str:
         return f"{self.kind} {self.idempotency_key}"
@@ -137,22 +142,28 @@ class BalanceHold(models.Model):
     """Money reserved for a request in flight: spendable = balance − held.
 
     Not a ledger movement: the request's settlement posts the real cost and
-    releases the hold in the same database transaction. `Account.held` caches
-    the sum of the open holds so that placing one is a single conditional
-    UPDATE (billing.services.usage). A hold left open by a crashed process is
-    released by `billing.tasks.stale_holds_release_task`.
+    deletes the hold in the same database transaction, so a row exists only
+    while its request is in flight. `Account.held` caches the sum of an
+    account's holds so that placing one is a single conditional UPDATE
+    (pool.sql). A hold left by a crashed process is released by
+    `billing.tasks.stale_holds_release_task`.
+
+    Released holds are deleted rather than marked: marked rows would stay in
+    every index of this table, and an index of open holds keeps an entry for
+    each released one until VACUUM, which the gateway's release then reads.
     """
 
-    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="holds")
-    request_id = models.CharField(max_length=64, unique=True)
+    # Not checked by the database (Django still applies PROTECT): each request inserts a hold, and the
+    # check cost it a share lock on the payer's row, which the request's own hold has just updated.
+    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="holds", db_constraint=False)
+    request_id = models.CharField(max_length=64)  # unique: the constraint below (no pattern index)
     amount = models.BigIntegerField()
     created_at = models.DateTimeField(auto_now_add=True)
-    released_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
-        constraints = [models.CheckConstraint(condition=Q(amount__gt=0), name="balance_hold_amount_positive")]
-        indexes = [
-            models.Index(fields=["account"], condition=Q(released_at__isnull=True), name="balance_hold_open"),
+        constraints = [
+            models.CheckConstraint(condition=Q(amount__gt=0), name="balance_hold_amount_positive"),
+            models.UniqueConstraint(fields=["request_id"], name="balance_hold_unique_request"),
         ]
 
     def __str__(self) -> str:

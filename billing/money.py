@@ -102,3 +102,47 @@ def percent_of(nanos: int, percent: Decimal) -> int:
 def token_cost(tokens: int, usd_per_million_nanos: int) -> int:
     """Cost of `tokens` at a price given in nanodollars per million tokens, half-even."""
     return round_nanos(Decimal(tokens) * Decimal(usd_per_million_nanos) / ONE_MILLION)
+
+
+# --- the same rules in SQL ------------------------------------------------------------------------
+# The gateway reserves a request's worst case inside its first database statement (pool.sql), where
+# the prices are read, so the rounding rule must exist in SQL too; it is written here, next to the
+# Python it mirrors, and tests/billing/test_money_sql.py checks the two agree on SQLite and
+# PostgreSQL. Integer arithmetic only (SQLite has no exact decimal type), arranged so that no product
+# leaves 64 bits for the ranges the gateway validates: tokens up to 2**31 - 1 and prices up to
+# $4,000,000 per million tokens (MAX_SQL_TOKENS, MAX_SQL_PRICE); percent_of_sql takes any amount.
+
+MAX_SQL_TOKENS = 2**31 - 1
+MAX_SQL_PRICE = 4_000_000 * NANOS_PER_USD  # nanodollars per million tokens
+
+
+def _half_even_sql(whole: str, numerator: str, denominator: int) -> str:
+    """`whole + numerator / denominator`, half-even to an integer; all three non-negative integers."""
+    quotient = f"(({whole}) + ({numerator}) / {denominator})"
+    twice_rest = f"(2 * (({numerator}) - ({numerator}) / {denominator} * {denominator}))"
+    return (
+        f"({quotient} + CASE WHEN {twice_rest} > {denominator} OR ({twice_rest} = {denominator}"
+        f" AND {quotient} - {quotient} / 2 * 2 = 1) THEN 1 ELSE 0 END)"
+    )
+
+
+def token_cost_sql(tokens: str, usd_per_million_nanos: str) -> str:
+    """token_cost() as an SQL expression over two integer expressions (column names, placeholders).
+
+    price × tokens / 1M is split as tokens × (price div 1M) + tokens × (price mod 1M) / 1M so that no
+    product overflows 64 bits.
+    """
+    t, p = f"({tokens})", f"({usd_per_million_nanos})"
+    per_token = f"({p} / {ONE_MILLION})"
+    rest = f"({p} - {per_token} * {ONE_MILLION})"
+    return _half_even_sql(f"{t} * {per_token}", f"{t} * {rest}", ONE_MILLION)
+
+
+def percent_of_sql(nanos: str, percent: Decimal) -> str:
+    """percent_of() as an SQL expression over an integer expression; `percent` has at most two decimals."""
+    basis_points = percent * 100
+    if basis_points != basis_points.to_integral_value() or not 0 <= basis_points <= 10_000:
+        raise ValueError("an SQL percentage is between 0 and 100 with at most two decimals")
+    bp, n = int(basis_points), f"({nanos})"
+    hundreds = f"({n} / 10000)"
+    return _half_even_sql(f"{hundreds} * {bp}", f"({n} - {hundreds} * 10000) * {bp}", 10_000)

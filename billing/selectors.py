@@ -74,11 +74,11 @@ def ledger_violations(*, limit: int = 50) -> list[str]:
                 return problems
 
     held = Account.objects.annotate(
-        open_holds=Sum("holds__amount", filter=Q(holds__released_at__isnull=True))
+        open_holds=Sum("holds__amount")
     ).values_list("pk", "kind", "held", "open_holds")
     for pk, kind, cached, open_holds in held.iterator():
         if cached != (open_holds or 0):
-            problems.append(f"account {pk} ({kind}) caches {cached} held but its open holds sum to {open_holds or 0}")
+            problems.append(f"account {pk} ({kind}) caches {cached} held but its holds sum to {open_holds or 0}")
 
     for pk, kind, balance in Account.objects.filter(may_go_negative=False, balance__lt=0).values_list(
         "pk", "kind", "balance"

@@ -5,7 +5,8 @@ AsyncConnectionPool, on the event loop itself: no thread hand-off per phase,
 which PERFORMANCE.md measured at a large share of the per-request budget. One
 pool per event loop (a pool belongs to the loop it was opened on), opened on
 first use from Django's own connection settings, in autocommit: each phase is
-one statement and commits on its own. Statements are prepared on the server
+one statement (shared by a batch of requests: pool.batch) and commits on its
+own. Statements are prepared on the server
 after a few uses (HEADROOM_DB_PREPARE_THRESHOLD; -1 behind a
 transaction-mode connection pooler such as PgBouncer).
 
@@ -22,6 +23,7 @@ from typing import TypeVar
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection
+from psycopg import AsyncRawCursor
 
 T = TypeVar("T")
 _pools: dict[tuple[asyncio.AbstractEventLoop, bool], "asyncio.Task"] = {}  # (loop, durable) -> opening
@@ -57,7 +59,13 @@ def _connect_kwargs() -> dict:
 
 
 def _configure(durable: bool):
+    from psycopg.types.numeric import Int8Dumper
+
     async def configure(conn) -> None:
+        # Every integer as bigint: psycopg would otherwise pick int2, int4 or int8 by each value, so one
+        # statement would be prepared once per combination, and arithmetic on two small values could
+        # overflow their type.
+        conn.adapters.register_dumper(int, Int8Dumper)
         # Timestamps in UTC like Django's own connections.
         await conn.execute("SET TIME ZONE 'UTC'")
         # The hot path's statements are prepared (prepare_threshold) and every one of them is a few
@@ -100,11 +108,15 @@ async def _pool(durable: bool):
         raise
 
 
-async def pg_fetchone(sql: str, params: Sequence | dict, *, durable: bool = True) -> tuple | None:
+async def pg_fetchone(sql: str, params: Sequence, *, durable: bool = True) -> tuple | None:
     """One statement on the loop's pool, in autocommit; its first row.
 
-    There are two pools. `durable=False` is the first hop's: the context read, the hold and the key
-    pick, on connections with `synchronous_commit = off`, whose commits are visible at once but
+    Statements use PostgreSQL's own placeholders ($1, $2…) through a raw cursor: psycopg would
+    otherwise rewrite each `%s` statement's text on every execution once it is longer than 4 KB, as
+    the first hop's is (it caches only shorter ones).
+
+    There are two pools. `durable=False` is the first hop's (the plan, the hold and the key pick) and
+    its rare follow-ups, on connections with `synchronous_commit = off`, whose commits are visible at once but
     flushed to disk a moment later, so their row locks are released without waiting for the disk.
     Only what may be lost in a database crash without losing money goes there (a request in flight
     when the database crashes is lost anyway, and the WAL is flushed in order, so a later durable
@@ -112,9 +124,17 @@ async def pg_fetchone(sql: str, params: Sequence | dict, *, durable: bool = True
     kept apart so that a new request's first hop never queues behind settlements waiting on rows.
     """
     pool = await _pool(durable)
-    async with pool.connection() as conn:
-        cursor = await conn.execute(sql, params)
+    async with pool.connection() as conn, AsyncRawCursor(conn) as cursor:
+        await cursor.execute(sql, params)
         return await cursor.fetchone()
+
+
+async def pg_fetchall(sql: str, params: Sequence, *, durable: bool = True) -> list[tuple]:
+    """One statement on the loop's pool, in autocommit (see pg_fetchone); all its rows."""
+    pool = await _pool(durable)
+    async with pool.connection() as conn, AsyncRawCursor(conn) as cursor:
+        await cursor.execute(sql, params)
+        return await cursor.fetchall()
 
 
 async def close_all() -> None:

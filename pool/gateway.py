@@ -20,8 +20,8 @@ import contextlib
 import json
 import logging
 import math
+import secrets
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -29,6 +29,7 @@ import aiohttp
 from django.conf import settings
 from django.utils import timezone
 
+from billing.money import MAX_SQL_TOKENS
 from keys.services import (
     provider_key_record_429,
     provider_key_record_failure,
@@ -115,7 +116,6 @@ class Call:
     upstream_path: str
     upstream_body: bytes
     prompt_estimate: int
-    worst_case: int
     platform_only: bool
 
 
@@ -244,12 +244,16 @@ async def _begin(
     *, raw_key: str, model: str, task: str, stream: bool, wants_usage: bool, path: str, body: dict,
     prompt_estimate: int, max_tokens: int, platform_only: bool,
 ) -> tuple[Call, Plan, PickedKey | None]:
-    request_id, created_at = f"req_{uuid.uuid4().hex}", clock()
+    request_id, created_at = f"req_{secrets.token_hex(16)}", clock()
     started = time.monotonic()
     begun = await request_begin(
         raw_key=raw_key, model=model, request_id=request_id, at=created_at,
         prompt_tokens=prompt_estimate, max_tokens=max_tokens, platform_only=platform_only,
     )
+    first_key = begun.first_key
+    if begun.first_busy:  # every candidate held by another writer for a moment: try again
+        first_key = await key_pick(caller=begun.caller, target=begun.target, route=begun.plan.routes[0],
+                                   include_exchange=begun.plan.include_exchange, request_id=request_id)
     body["model"] = begun.target.model
     call = Call(
         request_id=request_id,
@@ -263,10 +267,9 @@ async def _begin(
         upstream_path=path,
         upstream_body=json.dumps(body, separators=(",", ":")).encode(),
         prompt_estimate=prompt_estimate,
-        worst_case=begun.worst_case,
         platform_only=platform_only,
     )
-    return call, begun.plan, begun.first_key
+    return call, begun.plan, first_key
 
 
 # --- endpoints ------------------------------------------------------------------------------------
@@ -282,8 +285,9 @@ async def chat_completions(scope, receive, send, headers, raw_key: str) -> None:
     max_tokens = None
     for name in ("max_completion_tokens", "max_tokens"):  # the newer name wins when both are sent
         value = _require(payload, name, int, "an integer")
-        if value is not None and value < 1:
-            raise bad_request(errors.BAD_FIELD.format(field=name, kind="a positive integer"), param=name)
+        if value is not None and not 1 <= value <= MAX_SQL_TOKENS:
+            raise bad_request(errors.BAD_FIELD.format(field=name, kind=f"an integer from 1 to {MAX_SQL_TOKENS}"),
+                              param=name)
         max_tokens = value if max_tokens is None else max_tokens
     stream_options = _require(payload, "stream_options", dict, "an object") or {}
     platform_only = _pool_mode(payload)
@@ -378,8 +382,7 @@ async def _try_routes(
                 # Fail-over from BYOK to the platform: it is charged, so it needs funds now.
                 try:
                     key = await route_open(caller=call.caller, target=call.target, plan=plan, route=route,
-                                           request_id=call.request_id, worst_case=call.worst_case,
-                                           at=call.created_at, exclude=exclude)
+                                           request_id=call.request_id, exclude=exclude)
                 except GatewayError:
                     return failure
             if key is None:

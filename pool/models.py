@@ -22,29 +22,39 @@ class RequestRecord(models.Model):
         CUT = "cut", "Upstream stream cut"
         CANCELLED = "cancelled", "Client disconnected"
 
-    request_id = models.CharField(max_length=64, unique=True)
+    request_id = models.CharField(max_length=64)  # unique: the constraint below (no pattern index)
+    # The references below are not checked by the database (`db_constraint=False`; Django still applies
+    # on_delete): every settlement inserts a record, and each checked reference cost it a lookup and a
+    # share lock on a row that every request of its caller shares (the user, the API key, the
+    # provider, the key). The gateway writes them from rows it read in the same request, and none of
+    # those rows is ever deleted while records point at it (PROTECT, or keys that are scrubbed, not
+    # deleted).
     # Every query on the time leads with who or which key (the composite indexes below); a further
     # index per column would only cost each settlement an insert, and this table takes one per request.
     created_at = models.DateTimeField()
     settled_at = models.DateTimeField(auto_now_add=True)
 
     api_key = models.ForeignKey(
-        "accounts.ApiKey", on_delete=models.SET_NULL, null=True, related_name="+", db_index=False
+        "accounts.ApiKey", on_delete=models.SET_NULL, null=True, related_name="+", db_index=False,
+        db_constraint=False,
     )  # indexed with created_at below
     requester = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="gateway_requests", db_index=False
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="gateway_requests", db_index=False,
+        db_constraint=False,
     )  # indexed with created_at below
     organization = models.ForeignKey(
         "accounts.Organization", on_delete=models.PROTECT, null=True, blank=True, related_name="+",
-        help_text="The billing owner when the request was made with an organization's key.",
+        db_constraint=False, help_text="The billing owner when the request was made with an organization's key.",
     )
     route = models.CharField(max_length=16, choices=Route.choices)
     task = models.CharField(max_length=16, default="chat")
     provider = models.ForeignKey(
-        "keys.Provider", on_delete=models.PROTECT, related_name="+", db_index=False
+        "keys.Provider", on_delete=models.PROTECT, related_name="+", db_index=False, db_constraint=False
     )  # indexed with route below
     model = models.CharField(max_length=200)
-    provider_key = models.ForeignKey("keys.ProviderKey", on_delete=models.SET_NULL, null=True, related_name="+")
+    provider_key = models.ForeignKey(
+        "keys.ProviderKey", on_delete=models.SET_NULL, null=True, related_name="+", db_constraint=False
+    )
     stream = models.BooleanField(default=False)
     outcome = models.CharField(max_length=16, choices=Outcome.choices)
     upstream_status = models.PositiveSmallIntegerField(null=True, blank=True)
@@ -67,6 +77,7 @@ class RequestRecord(models.Model):
     ttfb_ms = models.PositiveIntegerField(null=True, blank=True)
 
     class Meta:
+        constraints = [models.UniqueConstraint(fields=["request_id"], name="request_record_unique_request")]
         indexes = [
             models.Index(fields=["requester", "-created_at"], name="request_requester_recent"),
             models.Index(fields=["api_key", "created_at"], name="request_api_key_month"),

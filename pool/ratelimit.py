@@ -61,15 +61,17 @@ async def _count(key: str) -> int:
     return count
 
 
-async def rate_limit(*, api_key_id: int) -> None:
-    """Count one request for the key; 429 with Retry-After when over the per-minute limit."""
+async def rate_limit(*, key: str) -> None:
+    """Count one request for an API key (by its hash: this runs before the database is asked whether
+    the key is valid, so that a request over its limit costs the database nothing); 429 with
+    Retry-After when over the per-minute limit."""
     limit = settings.HEADROOM_RATE_LIMIT_PER_MINUTE
     location = _redis_location() or "local"
     if limit <= 0 or time.monotonic() < _resting_until.get(location, 0.0):
         return
     now = time.time()
     try:
-        count = await _count(f"rl:{api_key_id}:{int(now // 60)}")
+        count = await _count(f"rl:{key}:{int(now // 60)}")
     except Exception as error:  # the cache is down: serve rather than refuse everyone
         _resting_until[location] = time.monotonic() + REST_AFTER_FAILURE_SECONDS
         logger.warning("rate limit not applied: cache unavailable (%s)", error.__class__.__name__)

@@ -45,13 +45,6 @@ class Target:
     pool_cleared: bool
 
 
-def month_spend(*, api_key_id: int, since) -> int:
-    return (
-        RequestRecord.objects.filter(api_key_id=api_key_id, created_at__gte=since).aggregate(s=Sum("charged"))["s"]
-        or 0
-    )
-
-
 def routable_models() -> list[str]:
     """Model ids for GET /v1/models: every priced model, plus `-pool` ids for cleared providers."""
     ids: list[str] = []

@@ -1,16 +1,17 @@
 """The gateway's rules for one request: who may ask, which routes, what to reserve, what it costs.
 
 Async, called from the proxy (pool.gateway) on the event loop. The database
-work of the hot path is three statements in pool.sql (context, reserve-and-pick,
-settle); this module decides everything those statements apply: the routes
-and their order, the worst case to reserve, the cost, the BYOK fee, the
-donor's reward and the exchange earning. Rare paths (an account's first use,
-a monthly spend limit, an exchange key's payout rate, a replayed settlement)
-run ORM code in a worker thread (pool.db.db_call).
+work of the hot path is two statements in pool.sql: `begin` (the plan, the
+hold and the key pick) and `settle`. What the plan decides up front (the first
+route, whether exchange keys may serve, the worst case and what to reserve,
+why to refuse) is its SELECT's, and is read here from its row; this module
+turns the row into the request's plan and errors, and decides everything after
+the answer: the cost, the BYOK fee, the donor's reward and the exchange
+earning. Rare paths (an account's first use, an exchange key's payout rate, a
+replayed settlement) run ORM code in a worker thread (pool.db.db_call).
 """
 
 import asyncio
-import weakref
 from dataclasses import dataclass
 from datetime import datetime
 from datetime import timezone as dt_timezone
@@ -19,14 +20,14 @@ from decimal import Decimal
 from django.conf import settings
 from django.utils import timezone
 
-from accounts.models import ApiKey, Organization, User
+from accounts.models import Organization, User
 from accounts.selectors import API_KEY_PATTERN
 from accounts.services import LAST_USED_RESOLUTION, api_key_hash
 from billing.models import Account, LedgerTransaction
 from billing.money import percent_of, token_cost
 from billing.selectors import month_start
 from billing.services import account_for_owner, platform_account
-from exchange.selectors import exchange_open_at, payout_rate_resolve
+from exchange.selectors import payout_rate_resolve
 from keys.crypto import decrypt_secret
 from keys.models import Provider
 from pool import errors, sql
@@ -34,13 +35,13 @@ from pool.db import db_call
 from pool.errors import GatewayError
 from pool.models import RequestRecord
 from pool.ratelimit import rate_limit
-from pool.selectors import POOL_SUFFIX, Caller, Target, month_spend
+from pool.selectors import POOL_SUFFIX, Caller, Target
 
 Route = RequestRecord.Route
 Outcome = RequestRecord.Outcome
 PICK_RETRIES = 20
 # The routes that reserve money: BYOK (its fee, past the free tier) and the platform. A request that
-# fails over from one to the other holds for both, each under its own id.
+# fails over from one to the other holds for both, each under its own id (pool.sql.hold_id).
 HELD_ROUTES = (Route.BYOK, Route.PLATFORM)
 
 
@@ -52,14 +53,6 @@ def _billing_owner(caller: Caller) -> User | Organization:
     return Organization(pk=caller.organization_id) if caller.organization_id else User(pk=caller.user_id)
 
 
-def _hold_id(request_id: str, route: str) -> str:
-    return f"{request_id}:{route}"
-
-
-def worst_case_cost(*, target: Target, prompt_tokens: int, max_tokens: int) -> int:
-    return token_cost(prompt_tokens, target.input_price) + token_cost(max_tokens, target.output_price)
-
-
 # --- the first database hop of a request -------------------------------------------------------
 
 
@@ -67,6 +60,8 @@ def worst_case_cost(*, target: Target, prompt_tokens: int, max_tokens: int) -> i
 class Plan:
     routes: tuple[str, ...]  # route kinds to try, in order: ("pool",), ("byok", "platform"), ("platform",)
     include_exchange: bool
+    worst_case: int  # what the platform route reserves, should the request fail over to it
+    over_limit: bool  # the platform route would cross the API key's monthly spend limit
 
 
 @dataclass(frozen=True)
@@ -86,8 +81,8 @@ class Begun:
     caller: Caller
     target: Target
     plan: Plan
-    worst_case: int
     first_key: PickedKey | None
+    first_busy: bool = False  # the first route has keys, but each was held by another writer
 
 
 def _split_model(requested: str) -> tuple[str, str, bool]:
@@ -99,18 +94,51 @@ def _split_model(requested: str) -> tuple[str, str, bool]:
     return (slug, name, pool) if sep and slug and name else ("", "", False)
 
 
-async def caller_open(*, raw_key: str, model: str = "", at: datetime) -> tuple[Caller, sql.ContextRow]:
-    """Authenticate the API key (401) and count it against its own rate limit (429); one SELECT
-    that also brings what the request asks for (pool.sql.request_context)."""
+def _ask(*, raw_hash: str, model: str, at: datetime, prompt_tokens: int = 0, max_tokens: int = 0,
+         platform_only: bool = False) -> sql.Ask:
+    slug, name, pool = _split_model(model)
+    month = month_start(at)
+    return sql.Ask(
+        raw_hash=raw_hash, slug=slug, model=name, pool=pool, platform_only=platform_only,
+        prompt_tokens=prompt_tokens, max_tokens=max_tokens, month=month,
+        month_from=datetime.combine(month, datetime.min.time(), tzinfo=dt_timezone.utc),
+    )
+
+
+def _raw_hash(raw_key: str) -> str:
+    """The API key's hash (401 for what cannot be one), counted against its own rate limit (429)."""
     if not API_KEY_PATTERN.fullmatch(raw_key):
         raise _unauthenticated()
-    slug, name, _ = _split_model(model)
-    row = await sql.request_context(raw_hash=api_key_hash(raw_key), slug=slug, model=name, month=month_start(at))
+    return api_key_hash(raw_key)
+
+
+async def caller_open(*, raw_key: str, at: datetime) -> Caller:
+    """Authenticate the API key (401) and count it against its rate limit (429), for the endpoints
+    that route nothing."""
+    raw_hash = _raw_hash(raw_key)
+    await rate_limit(key=raw_hash)
+    row = await sql.plan_read(ask=_ask(raw_hash=raw_hash, model="", at=at))
     if row is None:
         raise _unauthenticated()
-    caller = row.caller
-    await rate_limit(api_key_id=caller.api_key_id)
-    return caller, row
+    return row.caller
+
+
+_REFUSALS = {
+    sql.Refusal.POOL_PROVIDER_NOT_CLEARED: lambda row: GatewayError(
+        403, errors.POOL_PROVIDER_NOT_CLEARED.format(provider=row.provider_slug), type="permission_error",
+        code="pool_provider_not_cleared"),
+    sql.Refusal.POOL_GATE: lambda row: GatewayError(
+        403, errors.POOL_GATE, type="permission_error", code="pool_membership_required"),
+    sql.Refusal.MONTHLY_LIMIT: lambda row: _monthly_limit(),
+}
+
+
+def _monthly_limit() -> GatewayError:
+    return GatewayError(402, errors.MONTHLY_LIMIT, type="insufficient_quota", code="monthly_limit_reached")
+
+
+def _insufficient_balance() -> GatewayError:
+    return GatewayError(402, errors.INSUFFICIENT_BALANCE, type="insufficient_quota", code="insufficient_balance")
 
 
 async def request_begin(
@@ -118,11 +146,28 @@ async def request_begin(
     platform_only: bool,
 ) -> Begun:
     """Everything before the first upstream call: who (401/429), which model (404), which routes and
-    the money they need (403/402), and the first key: three statements (pool.sql: context, hold, pick)."""
-    caller, row = await caller_open(raw_key=raw_key, model=model, at=at)
-    if row.provider_id is None:
+    the money they need (403/402), and the first key. One statement (pool.sql.begin); a second only
+    when the payer's account is used for the first time."""
+    raw_hash = _raw_hash(raw_key)
+    # Before the database: a request over its API key's limit reserves and picks nothing.
+    await rate_limit(key=raw_hash)
+    ask = _ask(raw_hash=raw_hash, model=model, at=at, prompt_tokens=prompt_tokens, max_tokens=max_tokens,
+               platform_only=platform_only)
+    begun = await sql.begin(ask=ask, request_id=request_id, now=timezone.now())
+    row = begun.plan
+    if row is not None and row.refusal == sql.Refusal.NO_ACCOUNT:
+        await _payer_account(row.caller)  # a first use: make the account, then begin again
+        begun = await sql.begin(ask=ask, request_id=request_id, now=timezone.now())
+        row = begun.plan
+    if row is None:
+        raise _unauthenticated()
+    if row.refusal == sql.Refusal.UNKNOWN_MODEL:
         raise GatewayError(404, errors.MODEL_UNKNOWN.format(model=model[:200]), param="model", code="model_not_found")
-    _, _, pool = _split_model(model)
+    if row.refusal is not None:
+        raise _REFUSALS[row.refusal](row)
+    if row.hold_amount > 0 and not begun.held:
+        raise _insufficient_balance()
+    caller = row.caller
     target = Target(
         requested=model,
         provider_id=row.provider_id,
@@ -131,36 +176,18 @@ async def request_begin(
         model=row.model,
         input_price=row.input_price,
         output_price=row.output_price,
-        pool=pool,
+        pool=row.route == Route.POOL,
         pool_cleared=row.pool_clearance == Provider.PoolClearance.CLEARED,
     )
-    plan = request_plan(caller=caller, target=target, row=row, platform_only=platform_only)
-    worst_case = worst_case_cost(target=target, prompt_tokens=prompt_tokens, max_tokens=max_tokens)
-    first_key = await route_open(
-        caller=caller, target=target, plan=plan, route=plan.routes[0], request_id=request_id,
-        worst_case=worst_case, at=at, byok_requests=row.byok_requests,
-    )
-    return Begun(caller=caller, target=target, plan=plan, worst_case=worst_case, first_key=first_key)
-
-
-def request_plan(*, caller: Caller, target: Target, row: sql.ContextRow, platform_only: bool) -> Plan:
-    """Decide the routes to try, in order; refuse up front what the rules refuse (403)."""
-    if target.pool:
-        if not target.pool_cleared:
-            raise GatewayError(403, errors.POOL_PROVIDER_NOT_CLEARED.format(provider=target.provider_slug),
-                               type="permission_error", code="pool_provider_not_cleared")
-        if not row.pool_gate_open:
-            raise GatewayError(403, errors.POOL_GATE, type="permission_error", code="pool_membership_required")
-        return Plan(routes=(Route.POOL,), include_exchange=False)
-    include_exchange = (
-        not platform_only and caller.key_pool_mode != ApiKey.PoolMode.PLATFORM_ONLY
-        and exchange_open_at(row.global_rate)
-    )
-    if row.byok_ready:
-        routes = (Route.BYOK, Route.PLATFORM) if caller.byok_fallback else (Route.BYOK,)
+    if row.route == Route.BYOK and caller.byok_fallback:
+        routes = (Route.BYOK, Route.PLATFORM)
     else:
-        routes = (Route.PLATFORM,)
-    return Plan(routes=routes, include_exchange=include_exchange)
+        routes = (row.route,)
+    plan = Plan(routes=routes, include_exchange=row.include_exchange, worst_case=row.worst_case,
+                over_limit=row.over_limit)
+    first = _picked_key(begun.picked.key, route=row.route)
+    return Begun(caller=caller, target=target, plan=plan, first_key=first,
+                 first_busy=first is None and begun.picked.candidates > 0)
 
 
 # --- funds and keys -----------------------------------------------------------------------------
@@ -174,96 +201,56 @@ async def _payer_account(caller: Caller) -> int:
     return account.pk
 
 
-async def _hold_for(
-    *, caller: Caller, route: str, request_id: str, worst_case: int, at: datetime, byok_requests: int | None
-) -> sql.Hold | None:
-    """What the route may charge, to reserve before dispatch: the cost (platform) or the BYOK fee once
-    the month is past the free tier; 402 when a monthly spend limit would be crossed."""
-    if route == Route.PLATFORM:
-        amount = worst_case
-        if caller.monthly_limit is not None:
-            since = datetime.combine(month_start(at), datetime.min.time(), tzinfo=dt_timezone.utc)
-            spent = await db_call(month_spend, api_key_id=caller.api_key_id, since=since)
-            if spent + amount > caller.monthly_limit:
-                raise GatewayError(402, errors.MONTHLY_LIMIT, type="insufficient_quota", code="monthly_limit_reached")
-    elif route == Route.BYOK:
-        if (byok_requests or 0) < settings.HEADROOM_BYOK_FREE_REQUESTS:
-            return None
-        amount = percent_of(worst_case, Decimal(settings.HEADROOM_BYOK_FEE_PERCENT))
-    else:
-        return None
-    if amount <= 0:
-        return None
-    return sql.Hold(account_id=await _payer_account(caller), amount=amount, hold_id=_hold_id(request_id, route))
-
-
 async def route_open(
-    *, caller: Caller, target: Target, plan: Plan, route: str, request_id: str, worst_case: int, at: datetime,
-    byok_requests: int | None = None, exclude: tuple[int, ...] = (),
+    *, caller: Caller, target: Target, plan: Plan, route: str, request_id: str, exclude: tuple[int, ...] = (),
 ) -> PickedKey | None:
-    """Reserve what the route needs (402 if the balance cannot cover it) and take its first key."""
-    hold = await _hold_for(caller=caller, route=route, request_id=request_id, worst_case=worst_case, at=at,
-                           byok_requests=byok_requests)
-    if hold is not None and not await sql.hold_place(hold, now=timezone.now()):
-        raise GatewayError(402, errors.INSUFFICIENT_BALANCE, type="insufficient_quota", code="insufficient_balance")
+    """Fail over to the platform route: reserve its worst case (402 if the balance cannot cover it or
+    the monthly limit would be crossed) and take its first key."""
+    if plan.over_limit:
+        raise _monthly_limit()
+    if plan.worst_case > 0:
+        hold = sql.Hold(account_id=await _payer_account(caller), amount=plan.worst_case,
+                        hold_id=sql.hold_id(request_id, route))
+        if not await sql.hold_place(hold, now=timezone.now()):
+            raise _insufficient_balance()
     return await key_pick(caller=caller, target=target, route=route, include_exchange=plan.include_exchange,
                           request_id=request_id, exclude=exclude)
 
 
-_pick_locks: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, asyncio.Lock]]" = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _pick_lock(provider_id: int) -> asyncio.Lock:
-    """One pick at a time per provider within this process.
-
-    Across processes, SKIP LOCKED keeps picks atomic. Within one, concurrent
-    picks would only contend with each other: a pick whose snapshot went stale
-    while it waited for the CPU holds the true least-recently-used key locked
-    for a moment, the others skip it, and the rotation drifts (seen as 68/67/65
-    instead of 67/67/66 over 200 requests and three keys); with a single key
-    they would all find it locked and back off. A pick is one short statement
-    that waits on no other row (the hold is placed before, outside this line),
-    so queueing them costs little and keeps the order strict.
-    """
-    locks = _pick_locks.setdefault(asyncio.get_running_loop(), {})
-    lock = locks.get(provider_id)
-    if lock is None:
-        lock = locks[provider_id] = asyncio.Lock()
-    return lock
+def _picked_key(key: dict | None, *, route: str) -> PickedKey | None:
+    if key is None:
+        return None
+    kind = route
+    if route == Route.PLATFORM and not key["is_platform"] and key["exchange"]:
+        kind = Route.EXCHANGE
+    return PickedKey(
+        key_id=key["id"],
+        secret=decrypt_secret(key["secret_ciphertext"]),
+        route=kind,
+        owner_user_id=key["owner_user_id"],
+        owner_org_id=key["owner_org_id"],
+        owner_main_account_id=key["main_account_id"],
+        owner_frozen_account_id=key["frozen_account_id"],
+        had_errors=bool(key["consecutive_429s"] or key["failure_count"]),
+    )
 
 
 async def key_pick(
     *, caller: Caller, target: Target, route: str, include_exchange: bool, request_id: str,
     exclude: tuple[int, ...] = (),
 ) -> PickedKey | None:
-    """Take the least recently used candidate key for the route, atomically across processes
-    (pool.sql.key_take). When every candidate is held by picks in progress, it retries briefly
-    rather than report "no key". None means no candidate exists."""
+    """Take the least recently used candidate key for the route (pool.sql.key_take). Picks take turns
+    in the database, so a candidate is passed over only while another writer (a state transition)
+    holds it; then this tries again briefly rather than report "no key". None: no candidate exists."""
     for attempt in range(PICK_RETRIES):
-        async with _pick_lock(target.provider_id):
-            row = await sql.key_take(
-                route=route, include_exchange=include_exchange, provider_id=target.provider_id,
-                user_id=caller.user_id, organization_id=caller.organization_id, request_id=request_id,
-                exclude=exclude, now=timezone.now(),
-            )
-        if row.key is not None:
-            key = row.key
-            kind = route
-            if route == Route.PLATFORM and not key["is_platform"] and key["exchange"]:
-                kind = Route.EXCHANGE
-            return PickedKey(
-                key_id=key["id"],
-                secret=decrypt_secret(key["secret_ciphertext"]),
-                route=kind,
-                owner_user_id=key["owner_user_id"],
-                owner_org_id=key["owner_org_id"],
-                owner_main_account_id=key["main_account_id"],
-                owner_frozen_account_id=key["frozen_account_id"],
-                had_errors=bool(key["consecutive_429s"] or key["failure_count"]),
-            )
-        if not row.any_candidate:
+        picked = await sql.key_take(
+            route=route, include_exchange=include_exchange, provider_id=target.provider_id,
+            user_id=caller.user_id, organization_id=caller.organization_id, request_id=request_id,
+            exclude=exclude, now=timezone.now(),
+        )
+        if picked.key is not None:
+            return _picked_key(picked.key, route=route)
+        if not picked.candidates:
             return None
         await asyncio.sleep(0.002 * (attempt + 1))
     return None
@@ -389,7 +376,7 @@ async def settlement_spec(s: Settlement) -> sql.SettleSpec:
         fee_memo=f"BYOK fee, request {rid}",
         credit=credit,
         earning=earning,
-        hold_ids=tuple(_hold_id(rid, r) for r in HELD_ROUTES) if payer else (),
+        hold_ids=tuple(sql.hold_id(rid, r) for r in HELD_ROUTES) if payer else (),
         key_id=key.key_id if key else None,
         stats=key is not None and succeeded,
         touch_api_key=last_used is None or s.created_at - last_used >= LAST_USED_RESOLUTION,

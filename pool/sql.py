@@ -1,75 +1,90 @@
-"""The gateway's hand-written SQL: the four statements of a request's hot path.
+"""The gateway's hand-written SQL: a request's hot path in two statements, shared by batches.
 
 Why raw SQL: built with the ORM, one request took ~30 statements and ~13 ms of
-Python; PERFORMANCE.md measured the way to a few hundred requests a second per
-core as one statement per phase on psycopg's async pool. So a request makes:
+Python; PERFORMANCE.md measured the way to several hundred requests a second
+per core as one statement per phase on psycopg's async pool. A later census
+found most of what remained to be fixed cost per statement and per
+transaction, on both sides of the connection, so a request makes two
+statements, and on PostgreSQL the requests that wait on the same statement
+share it (pool.batch):
 
-1. `request_context` — one SELECT, the same text on both databases: the API
-   key (valid, its user active), the model (routable), the pool gate, whether
-   the caller has a BYOK key for the provider, the payer's main account, the
-   BYOK month count and the global payout rate.
-2. `hold_place`, then `key_take` — reserve the worst case (a conditional
-   UPDATE of the payer's `held` with the hold row, so concurrent requests can
-   never reserve more than the balance), then take the least recently used
-   key: stamp a strictly increasing `lru_seq` and lease it to the request (a
-   row, deleted at settlement: what DISABLING drains). Two statements, so a
-   pick never waits on the payer's row (a settlement of the same payer holds
-   it to its commit) while it holds a key or its provider's place in line.
-   Both commit without waiting for the disk (pool.db, `durable=False`).
-3. `settle` — everything after the answer, exactly once per request: the
-   request record (its unique `request_id` is the gate: a replay inserts
-   nothing and so moves nothing), the charge capped at the balance, the BYOK
-   month count and fee past the free tier, the reward or exchange earning,
-   ledger transactions and entries, cached balances, hold release, the key's
-   counters, the end of its lease.
+1. `begin` — everything before the upstream call:
+   - the *plan*: one SELECT over the requests' own facts (`asks`), the same
+     text on both databases, that reads the API key (valid, its user active),
+     the model (routable) and its prices, the pool gate, whether the caller
+     has a BYOK key for the provider, the payer's main account, the BYOK month
+     count and the global payout rate, and decides from them what SPEC.md
+     "Routing one request" decides up front: the first route (pool, BYOK,
+     platform), whether exchange keys may serve, the worst case, what to
+     reserve (the cost on the platform, the BYOK fee once the month is past
+     the free tier, nothing on the pool) and why to refuse (unknown model, the
+     pool's rules, a monthly spend limit);
+   - the *hold*: a conditional UPDATE of the payer's `held` with the hold row,
+     so that requests can never together reserve more than the balance;
+   - the *pick*: the least recently used candidate key of the route, leased to
+     the request (a row, deleted at settlement: what DISABLING drains).
+   It commits without waiting for the disk (pool.db, `durable=False`).
+2. `settle` — everything after the answer, exactly once per request: the
+   request record (a request already recorded moves nothing again), the
+   charge capped at the balance, the BYOK month count and fee past the free
+   tier, the reward or exchange earning, ledger transactions and entries,
+   cached balances, the release of the holds, the key's counters, the end of
+   its lease.
 
-The rules of which rows qualify (a routable model, a key in the pool, a BYOK
-key...) stay ORM Q objects in keys.selectors and exchange.selectors; this
-module compiles them once per process into fragments and writes only the
-joins, locks and arithmetic around them. The amounts themselves (cost, fee,
-reward, earning) are computed in Python by pool.services; SQL only caps them
-at the balance and applies them.
+Rules stay in one place each. Which rows qualify (a routable model, a key in
+the pool, a BYOK key...) are ORM Q objects in keys.selectors and
+exchange.selectors, compiled here once per process into fragments; the
+rounding of money is billing.money's (`token_cost_sql`, `percent_of_sql` next
+to their Python twins); the plan's decisions are the SELECT below, and
+pool.services reads them from its row rather than deciding again. Amounts
+after the answer (cost, fee, reward, earning) are computed in Python by
+pool.services; the settlement only caps them at the balance and applies them.
 
-Each statement exists once per database, side by side:
+Each phase exists once per database, side by side:
 
-- PostgreSQL: one statement per phase, on the event loop (pool.db). The pick
-  is `FOR NO KEY UPDATE … SKIP LOCKED` over the candidates ordered by
-  `lru_seq` (NO KEY, so a settlement's foreign-key share lock on the row does
-  not hide a free key), with `lru_seq` from a sequence. The sub-select sorts
-  on the statement's snapshot; a key a concurrent pick used after that
-  snapshot would be re-checked by PostgreSQL only against the WHERE clause,
-  so the UPDATE also requires the `lru_seq` the snapshot saw, and the caller
-  tries again. The settlement is one data-modifying CTE; its steps run in the
-  order the final SELECT reads them, which is also the order rows are locked
-  in: rows other requests contend for as late as possible, so each is held
-  only from its UPDATE to the commit — the key owner's account, the key's
-  counters, the payer's account, then the platform accounts (revenue is
-  moved by every charge). The charge is capped at the balance the statement's
-  snapshot shows, without locking the payer's row up front; should a
-  concurrent charge have taken the balance below that meanwhile, the
-  account's not-below-zero CHECK refuses the whole statement, and it runs
-  again with the payer's row locked first.
-- SQLite: writers are serialised (BEGIN IMMEDIATE), so each phase is a short
-  transaction of plain statements, in a worker thread.
+- PostgreSQL: one statement per batch and phase, on the event loop (pool.db).
+  The plans of a batch are its first step; then each request's hold, then
+  each one's pick, in turn, through the functions of migration pool/0005
+  (each request's steps see the ones before it, as if they had come one by
+  one). The pick, `pool_key_take`, takes its provider's turn with an advisory
+  lock and picks in a statement of its own, so the order is strictly least
+  recently used across every gateway process (`FOR NO KEY UPDATE … SKIP
+  LOCKED` ordered by `lru_seq`, a sequence); the turn ends at the commit, and
+  the picks come last. The settlement is `pool_settle`, which locks the rows
+  other requests also move (accounts, counters) first, in one order.
+- SQLite: writers are serialised (the database takes one at a time), so each
+  phase is a short transaction of plain statements, in a worker thread, one
+  request at a time: the same plan SELECT, then the hold, then the pick; the
+  settlement's steps as in `pool_settle`.
+
+Statement texts depend only on the shape of a request (which steps it needs),
+so each is built once and kept; an execution only lays out its values.
 """
 
+import json
+import re
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
+from functools import lru_cache
 
+from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F, QuerySet
 
 from accounts.models import ApiKey
 from billing.models import Account, LedgerTransaction
+from billing.money import percent_of_sql, token_cost_sql
 from exchange.models import PayoutRateRule
 from exchange.selectors import GLOBAL_RULE
-from keys.models import ProviderKey, ProviderModel
+from keys.models import Provider, ProviderKey, ProviderModel
 from keys.selectors import BYOK, IN_POOL, ON_EXCHANGE, PLATFORM, ROUTABLE_MODEL
-from pool.db import db_call, is_postgres, pg_fetchone
+from pool.batch import batcher
+from pool.db import db_call, is_postgres, pg_fetchall, pg_fetchone
+from pool.models import RequestRecord
 from pool.selectors import Caller
 
-LRU_SEQUENCE = "pool_key_lru_seq"
+Route = RequestRecord.Route
 PICKED_COLUMNS = (
     "id", "secret_ciphertext", "owner_user_id", "owner_org_id", "is_platform", "exchange",
     "consecutive_429s", "failure_count",
@@ -78,29 +93,46 @@ PLATFORM_KINDS = (Account.Kind.REVENUE, Account.Kind.POOL_REWARDS, Account.Kind.
 LedgerKind = LedgerTransaction.Kind
 
 
-class Params:
-    """Positional parameters collected in the order their placeholders are written."""
+class Sql:
+    """A statement's text with positional placeholders, built once, and the order its values go in.
+
+    `value(name)` writes a placeholder for a value each execution supplies by name; `fragment(f)`
+    writes a compiled rule fragment, whose own values are constants. `params(values)` lays one
+    execution's values out in placeholder order. `text` has `%s` placeholders (Django's cursor, on
+    SQLite); `pg` the same statement with PostgreSQL's own, $1, $2… (pool.db's raw cursors).
+    """
 
     def __init__(self):
-        self.values: list = []
+        self._slots: list[tuple[bool, object]] = []  # (is a name, name or constant)
+        self._text = ""
+        self.pg = ""
 
-    def __call__(self, value) -> str:
-        self.values.append(value)
+    @property
+    def text(self) -> str:
+        return self._text
+
+    @text.setter
+    def text(self, value: str) -> None:
+        self._text = value
+        self.pg = _dollar_placeholders(value)
+
+    def value(self, name: str) -> str:
+        self._slots.append((True, name))
         return "%s"
 
-    def extend(self, values) -> None:
-        self.values.extend(values)
+    def fragment(self, fragment: tuple[str, tuple]) -> str:
+        text, constants = fragment
+        self._slots.extend((False, c) for c in constants)
+        return text
+
+    def params(self, values: dict) -> list:
+        return [values[slot] if named else slot for named, slot in self._slots]
 
 
-class Named:
-    """Named parameters (%(name)s), for statements without compiled fragments: one value per name."""
-
-    def __init__(self):
-        self.values: dict = {}
-
-    def __call__(self, name: str, value) -> str:
-        self.values[name] = value
-        return f"%({name})s"
+def _dollar_placeholders(sql: str) -> str:
+    """`%s` placeholders as $1, $2… in order (a statement here has no literal `%`)."""
+    counter = iter(range(1, sql.count("%s") + 1))
+    return re.sub(r"%s", lambda _: f"${next(counter)}", sql)
 
 
 def _sqlite_value(value):
@@ -172,10 +204,10 @@ def _compile_fragments() -> Fragments:
         ),
         global_rate=(global_rate_sql, tuple(global_rate_params)),
         candidates={
-            "pool": _compiled(keys.filter(IN_POOL).values("id")),
-            "byok": _compiled(keys.filter(BYOK).values("id")),
-            "platform": _compiled(keys.filter(PLATFORM).values("id")),
-            "platform+exchange": _compiled(keys.filter(PLATFORM | ON_EXCHANGE).values("id")),
+            Route.POOL: _compiled(keys.filter(IN_POOL).values("id")),
+            Route.BYOK: _compiled(keys.filter(BYOK).values("id")),
+            Route.PLATFORM: _compiled(keys.filter(PLATFORM).values("id")),
+            Route.EXCHANGE: _compiled(keys.filter(PLATFORM | ON_EXCHANGE).values("id")),  # platform + exchange
         },
     )
 
@@ -186,12 +218,31 @@ async def _fragments_ready() -> Fragments:
     return await db_call(_fragments)  # compiling may ask the server its version
 
 
-# --- 1. the request's context -------------------------------------------------------------------
+# --- 1. the plan: who asks for what, and what the rules decide up front -------------------------
+
+
+class Refusal:
+    """Why the plan refuses a request before anything is reserved (the row's `refusal`)."""
+
+    UNKNOWN_MODEL = "unknown_model"
+    POOL_PROVIDER_NOT_CLEARED = "pool_provider_not_cleared"
+    POOL_GATE = "pool_gate"
+    MONTHLY_LIMIT = "monthly_limit"
+    NO_ACCOUNT = "no_account"  # not a refusal: the payer's account is made on first use, then again
+
+
+# The plan's columns, in the order of its SELECT and of PlanRow.
+PLAN_COLUMNS = (
+    "c_id", "c_user", "c_org", "c_mode", "c_fallback", "c_limit", "c_used",
+    "t_provider", "t_slug", "t_base_url", "t_name", "t_in", "t_out", "t_clearance",
+    "account_id", "pool_gate", "byok_ready", "byok_requests", "global_rate",
+    "route", "include_exchange", "worst_case", "hold_amount", "over_limit", "refusal",
+)
 
 
 @dataclass(frozen=True)
-class ContextRow:
-    caller: Caller
+class PlanRow:
+    caller: Caller  # with the payer's main account (None until its first use)
     provider_id: int | None  # None: no routable model by that name
     provider_slug: str | None
     base_url: str | None
@@ -203,68 +254,247 @@ class ContextRow:
     byok_ready: bool
     byok_requests: int  # this month's BYOK requests so far
     global_rate: Decimal | None
+    route: str  # the first route to try
+    include_exchange: bool  # exchange keys may serve the platform route
+    worst_case: int  # prompt estimate × input price + max tokens × output price
+    hold_amount: int  # what the first route reserves (0: nothing)
+    over_limit: bool  # the platform route would cross the API key's monthly spend limit
+    refusal: str | None
 
 
-def _context_sql(f: Fragments, *, raw_hash: str, slug: str, model: str, month: date) -> tuple[str, list]:
-    p = Params()
-    main = Account.Kind.MAIN
-    # Column order matches ContextRow.
-    sql = (
-        "SELECT c.c_id, c.c_user, c.c_org, c.c_mode, c.c_fallback, c.c_limit, c.c_used,"
+def _plan_ctes(f: Fragments, q: Sql, *, fee_percent: Decimal) -> str:
+    """The plan, as common table expressions over `asks` (the requests' own facts: one row each, see
+    ASK_FIELDS) ending in `plan` (one row per ask with a valid API key; none for an invalid one), on
+    both databases. Each step is materialised: inlined, the steps above would each evaluate again
+    every sub-select whose result they name."""
+    main, cleared = Account.Kind.MAIN, Provider.PoolClearance.CLEARED
+    platform_only = ApiKey.PoolMode.PLATFORM_ONLY
+    context = (
+        "SELECT a.n, a.request_id, a.is_pool, a.platform_only, a.prompt_tokens, a.max_tokens,"
+        " a.default_rate_open, a.free_requests, a.month_from,"
+        " c.c_id, c.c_user, c.c_org, c.c_mode, c.c_fallback, c.c_limit, c.c_used,"
         " t.t_provider, t.t_slug, t.t_base_url, t.t_name, t.t_in, t.t_out, t.t_clearance,"
-        f" COALESCE((SELECT a.id FROM billing_account a WHERE a.organization_id = c.c_org AND a.kind = '{main}'),"
-        f" (SELECT a.id FROM billing_account a WHERE c.c_org IS NULL AND a.user_id = c.c_user AND a.kind = '{main}')),"
+        f" CASE WHEN c.c_org IS NULL"
+        f" THEN (SELECT b.id FROM billing_account b WHERE b.user_id = c.c_user AND b.kind = '{main}')"
+        f" ELSE (SELECT b.id FROM billing_account b WHERE b.organization_id = c.c_org AND b.kind = '{main}')"
+        " END AS account_id,"
+        f" CASE WHEN a.is_pool THEN EXISTS (SELECT 1 FROM ({q.fragment(f.pool_members)}) g"
+        " WHERE g.g_user = c.c_user) ELSE FALSE END AS pool_gate,"
+        # The caller's own BYOK key for the provider: the organization's when the API key is one's.
+        f" CASE WHEN a.is_pool THEN FALSE ELSE EXISTS (SELECT 1 FROM ({q.fragment(f.byok_keys)}) b"
+        " WHERE b.b_provider = t.t_provider"
+        " AND CASE WHEN c.c_org IS NULL THEN b.b_user = c.c_user ELSE b.b_org = c.c_org END) END AS byok_ready,"
+        " COALESCE(CASE WHEN c.c_org IS NULL"
+        " THEN (SELECT u.requests FROM billing_byokmonthlyusage u WHERE u.user_id = c.c_user AND u.month = a.month)"
+        " ELSE (SELECT u.requests FROM billing_byokmonthlyusage u"
+        " WHERE u.organization_id = c.c_org AND u.month = a.month) END, 0) AS byok_requests,"
+        f" ({q.fragment(f.global_rate)}) AS global_rate"
+        f" FROM asks a JOIN ({q.fragment(f.callers)}) c ON c.c_hash = a.raw_hash"
+        f" LEFT JOIN ({q.fragment(f.targets)}) t ON t.t_slug = a.slug AND t.t_name = a.model"
     )
-    sql += f" EXISTS (SELECT 1 FROM ({f.pool_members[0]}) g WHERE g.g_user = c.c_user),"
-    p.extend(f.pool_members[1])
-    sql += (
-        f" EXISTS (SELECT 1 FROM ({f.byok_keys[0]}) b WHERE b.b_provider = t.t_provider"
-        " AND ((c.c_org IS NULL AND b.b_user = c.c_user) OR b.b_org = c.c_org)),"
+    # The first route: the pool when asked for; else the caller's own key if they have one; else the
+    # platform. Exchange keys serve the platform route unless the request or the API key says
+    # platformOnly or the global payout rate is 0% (exchange.selectors.exchange_open_at).
+    routed = (
+        "SELECT x.*,"
+        f" CASE WHEN x.is_pool THEN '{Route.POOL}' WHEN x.byok_ready THEN '{Route.BYOK}'"
+        f" ELSE '{Route.PLATFORM}' END AS route,"
+        f" (NOT x.is_pool AND NOT x.platform_only AND x.c_mode <> '{platform_only}'"
+        " AND CASE WHEN x.global_rate IS NULL THEN x.default_rate_open ELSE x.global_rate > 0 END)"
+        " AS include_exchange,"
+        " CASE WHEN x.t_provider IS NULL THEN 0"
+        f" ELSE {token_cost_sql('x.prompt_tokens', 'x.t_in')} + {token_cost_sql('x.max_tokens', 'x.t_out')}"
+        " END AS worst_case FROM plan_context x"
     )
-    p.extend(f.byok_keys[1])
-    sql += (
-        " COALESCE((SELECT u.requests FROM billing_byokmonthlyusage u WHERE u.month = " + p(month) +
-        " AND ((c.c_org IS NULL AND u.user_id = c.c_user) OR u.organization_id = c.c_org)), 0),"
+    # What the first route reserves, and whether the platform route would cross the monthly limit.
+    reserved = (
+        "SELECT w.*,"
+        f" CASE w.route WHEN '{Route.PLATFORM}' THEN w.worst_case"
+        f" WHEN '{Route.BYOK}' THEN CASE WHEN w.byok_requests >= w.free_requests"
+        f" THEN {percent_of_sql('w.worst_case', fee_percent)} ELSE 0 END ELSE 0 END AS hold_amount,"
+        " CASE WHEN w.c_limit IS NULL OR w.t_provider IS NULL THEN FALSE"
+        " ELSE COALESCE((SELECT SUM(r.charged) FROM pool_requestrecord r WHERE r.api_key_id = w.c_id"
+        " AND r.created_at >= w.month_from), 0) + w.worst_case > w.c_limit END AS over_limit"
+        " FROM plan_routed w"
     )
-    sql += f" ({f.global_rate[0]})"
-    p.extend(f.global_rate[1])
-    sql += f" FROM ({f.callers[0]}) c"
-    p.extend(f.callers[1])
-    p.extend(f.targets[1])
-    sql += f" LEFT JOIN ({f.targets[0]}) t ON t.t_slug = {p(slug)} AND t.t_name = {p(model)}"
-    sql += f" WHERE c.c_hash = {p(raw_hash)}"
-    return sql, p.values
+    refused = (
+        "SELECT h.*, CASE"
+        f" WHEN h.t_provider IS NULL THEN '{Refusal.UNKNOWN_MODEL}'"
+        f" WHEN h.is_pool AND h.t_clearance <> '{cleared}' THEN '{Refusal.POOL_PROVIDER_NOT_CLEARED}'"
+        f" WHEN h.is_pool AND NOT h.pool_gate THEN '{Refusal.POOL_GATE}'"
+        f" WHEN h.route = '{Route.PLATFORM}' AND h.over_limit THEN '{Refusal.MONTHLY_LIMIT}'"
+        f" WHEN h.hold_amount > 0 AND h.account_id IS NULL THEN '{Refusal.NO_ACCOUNT}'"
+        " END AS refusal FROM plan_reserved h"
+    )
+    return (
+        f"plan_context AS MATERIALIZED ({context}), plan_routed AS MATERIALIZED ({routed}),"
+        f" plan_reserved AS MATERIALIZED ({reserved}), plan AS MATERIALIZED ({refused})"
+    )
 
 
-def _context_row(row) -> ContextRow | None:
-    if row is None:
-        return None
-    (api_key_id, user_id, organization_id, mode, fallback, limit, last_used, *target, account_id,
-     pool_gate, byok_ready, byok_requests, rate) = row
+def _plan_row(row) -> PlanRow:
+    values = dict(zip(PLAN_COLUMNS, row))
+    last_used = values["c_used"]
     if last_used is not None and not is_postgres():  # SQLite: naive UTC, or its text form
         last_used = connection.ops.convert_datetimefield_value(last_used, None, connection)
-    caller = Caller(api_key_id=api_key_id, user_id=user_id, organization_id=organization_id, key_pool_mode=mode,
-                    byok_fallback=bool(fallback), monthly_limit=limit, last_used_at=last_used, account_id=account_id)
-    return ContextRow(caller, *target, pool_gate_open=bool(pool_gate), byok_ready=bool(byok_ready),
-                      byok_requests=byok_requests,
-                      global_rate=None if rate is None else Decimal(str(rate)).quantize(Decimal("0.01")))
+    rate = values["global_rate"]
+    caller = Caller(
+        api_key_id=values["c_id"], user_id=values["c_user"], organization_id=values["c_org"],
+        key_pool_mode=values["c_mode"], byok_fallback=bool(values["c_fallback"]), monthly_limit=values["c_limit"],
+        last_used_at=last_used, account_id=values["account_id"],
+    )
+    return PlanRow(
+        caller=caller, provider_id=values["t_provider"], provider_slug=values["t_slug"],
+        base_url=values["t_base_url"], model=values["t_name"], input_price=values["t_in"],
+        output_price=values["t_out"], pool_clearance=values["t_clearance"],
+        pool_gate_open=bool(values["pool_gate"]), byok_ready=bool(values["byok_ready"]),
+        byok_requests=values["byok_requests"],
+        global_rate=None if rate is None else Decimal(str(rate)).quantize(Decimal("0.01")),
+        route=values["route"], include_exchange=bool(values["include_exchange"]), worst_case=values["worst_case"],
+        hold_amount=values["hold_amount"], over_limit=bool(values["over_limit"]), refusal=values["refusal"],
+    )
 
 
-def _context_sqlite(sql: str, params: list):
-    with connection.cursor() as cursor:
-        _sqlite_execute(cursor, sql, params)
-        return cursor.fetchone()
+# A request's own facts, the plan's inputs: (name, type on PostgreSQL).
+ASK_FIELDS = (
+    ("n", "integer"), ("request_id", "text"), ("raw_hash", "text"), ("slug", "text"), ("model", "text"),
+    ("is_pool", "boolean"), ("platform_only", "boolean"), ("prompt_tokens", "bigint"), ("max_tokens", "bigint"),
+    ("month", "date"), ("month_from", "timestamptz"), ("default_rate_open", "boolean"), ("free_requests", "bigint"),
+)
 
 
-async def request_context(*, raw_hash: str, slug: str, model: str, month: date) -> ContextRow | None:
-    """The caller and what it asks for, in one SELECT; None when the API key is not valid."""
-    sql, params = _context_sql(await _fragments_ready(), raw_hash=raw_hash, slug=slug, model=model, month=month)
-    if is_postgres():
-        return _context_row(await pg_fetchone(sql, params, durable=False))
-    return _context_row(await db_call(_context_sqlite, sql=sql, params=params))
+def _asks_of_values(q: Sql) -> str:
+    """`asks` as one row of placeholders (SQLite, and reading a plan alone)."""
+    columns = ", ".join(
+        f"CAST({q.value(name)} AS BIGINT) AS {name}" if kind in ("bigint", "integer") else f"{q.value(name)} AS {name}"
+        for name, kind in ASK_FIELDS
+    )
+    return f"asks AS (SELECT {columns})"
 
 
-# --- 2. reserve, then pick ------------------------------------------------------------------------
+def _asks_of_json(q: Sql) -> str:
+    """`asks` as the rows of one JSON parameter (a batch on PostgreSQL)."""
+    columns = ", ".join(f"{name} {kind}" for name, kind in ASK_FIELDS)
+    return f"asks AS MATERIALIZED (SELECT * FROM json_to_recordset(CAST({q.value('asks')} AS json)) AS a({columns}))"
+
+
+@dataclass(frozen=True)
+class Ask:
+    """What one request asks for: the plan's inputs."""
+
+    raw_hash: str
+    slug: str
+    model: str
+    pool: bool
+    platform_only: bool
+    prompt_tokens: int
+    max_tokens: int
+    month: date  # the request's BYOK month (UTC)
+    month_from: datetime  # its first instant, for the monthly spend limit
+
+
+def _ask_values(ask: Ask, *, n: int = 0, request_id: str = "") -> dict:
+    from exchange.selectors import exchange_open_at
+
+    return {
+        "n": n, "request_id": request_id, "raw_hash": ask.raw_hash, "slug": ask.slug, "model": ask.model,
+        "is_pool": ask.pool, "platform_only": ask.platform_only, "prompt_tokens": ask.prompt_tokens,
+        "max_tokens": ask.max_tokens, "month": ask.month, "month_from": ask.month_from,
+        "default_rate_open": exchange_open_at(None), "free_requests": settings.HEADROOM_BYOK_FREE_REQUESTS,
+    }
+
+
+def _fee_percent() -> Decimal:
+    return Decimal(settings.HEADROOM_BYOK_FEE_PERCENT)
+
+
+# --- 2. candidates, pick, hold ------------------------------------------------------------------
+
+
+def _candidates(f: Fragments, q: Sql, *, route: str, include_exchange: bool, of_plan: bool, exclude: int = 0) -> str:
+    """The candidate keys of one route for a caller: the rule fragment plus the caller's conditions.
+
+    The provider and the caller are the plan's columns (`of_plan`, inside the first hop) or the values
+    `provider`, `user` and `org`; `exclude` adds values exclude_0… for keys already tried."""
+    which = Route.EXCHANGE if route == Route.PLATFORM and include_exchange else route
+    sql = q.fragment(f.candidates[which])
+
+    def provider():
+        return "p.t_provider" if of_plan else f"CAST({q.value('provider')} AS BIGINT)"
+
+    def user():
+        return "p.c_user" if of_plan else f"CAST({q.value('user')} AS BIGINT)"
+
+    def organization():  # typed: it may be NULL
+        return "p.c_org" if of_plan else f"CAST({q.value('org')} AS BIGINT)"
+
+    k = '"keys_providerkey"'
+    sql += f" AND {k}.\"provider_id\" = {provider()}"
+    if route == Route.POOL:
+        # Never the requester's own keys, nor their organizations'.
+        sql += (
+            f" AND ({k}.\"owner_user_id\" IS NULL OR {k}.\"owner_user_id\" <> {user()})"
+            f" AND ({k}.\"owner_org_id\" IS NULL OR {k}.\"owner_org_id\" NOT IN"
+            f" (SELECT m.organization_id FROM accounts_membership m WHERE m.user_id = {user()}))"
+        )
+    elif route == Route.BYOK:
+        # The caller's own keys: the organization's when the API key is one's. A CASE, not an OR,
+        # so the plan stays a scan of the provider's keys.
+        sql += f" AND CASE WHEN {organization()} IS NULL THEN {k}.\"owner_user_id\" = {user()}"
+        sql += f" ELSE {k}.\"owner_org_id\" = {organization()} END"
+    else:
+        # Platform keys have no owner; an exchange key never serves its own owner.
+        sql += f" AND ({k}.\"owner_user_id\" IS NULL OR {k}.\"owner_user_id\" <> {user()})"
+    for i in range(exclude):
+        sql += f" AND {k}.\"id\" <> {q.value(f'exclude_{i}')}"
+    return sql
+
+
+def _owner_accounts_sql(alias: str) -> str:
+    """The main and frozen account of a picked key's owner (a pool reward, an exchange earning)."""
+    return ", ".join(
+        f"CASE WHEN {alias}.owner_org_id IS NULL"
+        f" THEN (SELECT a.id FROM billing_account a WHERE a.user_id = {alias}.owner_user_id AND a.kind = '{kind}')"
+        f" ELSE (SELECT a.id FROM billing_account a WHERE a.organization_id = {alias}.owner_org_id"
+        f" AND a.kind = '{kind}') END"
+        for kind in (Account.Kind.MAIN, Account.Kind.FROZEN)
+    )
+
+
+@dataclass(frozen=True)
+class Picked:
+    key: dict | None  # PICKED_COLUMNS plus the owner's main and frozen account ids; None: no key taken
+    candidates: int  # how many keys could serve the route (0: none can; more: all were busy)
+
+
+def _picked(candidates, key_values: list) -> Picked:
+    *columns, main_account, frozen_account = key_values
+    key = None
+    if columns[0] is not None:
+        key = dict(zip(PICKED_COLUMNS, columns))
+        key["is_platform"], key["exchange"] = bool(key["is_platform"]), bool(key["exchange"])
+        key["main_account_id"], key["frozen_account_id"] = main_account, frozen_account
+    return Picked(key=key, candidates=candidates or 0)
+
+
+def _take_sqlite(cursor, candidates: str, params: list, *, request_id: str, now: datetime) -> Picked:
+    """The least recently used candidate, stamped and leased (writers are serialised: no race)."""
+    returning = ", ".join(f'"{c}"' for c in PICKED_COLUMNS)
+    _sqlite_execute(
+        cursor,
+        "UPDATE keys_providerkey SET lru_seq = (SELECT COALESCE(MAX(lru_seq), 0) + 1 FROM keys_providerkey),"
+        f" last_used_at = %s WHERE id = ({candidates} ORDER BY \"keys_providerkey\".\"lru_seq\","
+        f" \"keys_providerkey\".\"id\" LIMIT 1) RETURNING {returning}",
+        [now, *params],
+    )
+    row = cursor.fetchone()
+    if row is None:
+        _sqlite_execute(cursor, f"SELECT EXISTS ({candidates})", params)
+        return Picked(key=None, candidates=int(cursor.fetchone()[0]))
+    _sqlite_execute(cursor, "INSERT INTO keys_providerkeylease (key_id, request_id, created_at) VALUES (%s, %s, %s)",
+                    [row[0], request_id, now])
+    _sqlite_execute(cursor, f"SELECT {_owner_accounts_sql('k')} FROM keys_providerkey k WHERE k.id = %s", [row[0]])
+    return _picked(1, [*row, *cursor.fetchone()])
 
 
 @dataclass(frozen=True)
@@ -274,132 +504,212 @@ class Hold:
     hold_id: str
 
 
+def _hold_sqlite(cursor, hold: Hold, now: datetime) -> bool:
+    _sqlite_execute(cursor, "UPDATE billing_account SET held = held + %s WHERE id = %s AND balance - held >= %s",
+                    [hold.amount, hold.account_id, hold.amount])
+    if cursor.rowcount == 0:
+        return False
+    _sqlite_execute(cursor, "INSERT INTO billing_balancehold (account_id, request_id, amount, created_at)"
+                    " VALUES (%s, %s, %s, %s)", [hold.account_id, hold.hold_id, hold.amount, now])
+    return True
+
+
+def hold_id(request_id: str, route: str) -> str:
+    """Holds are per request and route: a request that fails over from BYOK to the platform holds for both."""
+    return f"{request_id}:{route}"
+
+
+# --- 3. the first hop ---------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
-class PickRow:
-    key: dict | None  # PICKED_COLUMNS plus the owner's main and frozen account ids; None: no free key now
-    any_candidate: bool  # whether any candidate exists at all (False: no key can serve the route)
+class Begun:
+    plan: PlanRow | None  # None: the API key is not valid
+    held: bool  # the plan's hold_amount is reserved
+    picked: Picked  # the first route's key (none when the plan refused or the hold failed)
 
 
-def _candidates(f: Fragments, *, route: str, provider_id: int, user_id: int, organization_id: int | None,
-                exclude: tuple[int, ...]) -> tuple[str, list]:
-    """The candidate keys of one route for this caller: the rule fragment plus the caller's conditions."""
-    sql, params = f.candidates[route]
-    p = Params()
-    p.extend(params)
-    k = '"keys_providerkey"'
-    sql += f" AND {k}.\"provider_id\" = {p(provider_id)}"
-    if route == "pool":
-        # Never the requester's own keys, nor their organizations'.
-        sql += (
-            f" AND ({k}.\"owner_user_id\" IS NULL OR {k}.\"owner_user_id\" <> {p(user_id)})"
-            f" AND ({k}.\"owner_org_id\" IS NULL OR {k}.\"owner_org_id\" NOT IN"
-            f" (SELECT m.organization_id FROM accounts_membership m WHERE m.user_id = {p(user_id)}))"
-        )
-    elif route == "byok":
-        if organization_id:
-            sql += f" AND {k}.\"owner_org_id\" = {p(organization_id)}"
-        else:
-            sql += f" AND {k}.\"owner_user_id\" = {p(user_id)}"
-    else:
-        # Platform keys have no owner; an exchange key never serves its own owner.
-        sql += f" AND ({k}.\"owner_user_id\" IS NULL OR {k}.\"owner_user_id\" <> {p(user_id)})"
-    for key_id in exclude:
-        sql += f" AND {k}.\"id\" <> {p(key_id)}"
-    return sql, p.values
+_NOT_PICKED = Picked(key=None, candidates=0)
 
 
-def _owner_accounts_sql(alias: str) -> str:
-    main, frozen = Account.Kind.MAIN, Account.Kind.FROZEN
-    return ", ".join(
-        f"(SELECT a.id FROM billing_account a WHERE a.kind = '{kind}' AND"
-        f" (a.user_id = {alias}.owner_user_id OR a.organization_id = {alias}.owner_org_id))"
-        for kind in (main, frozen)
+@lru_cache(maxsize=8)
+def _begin_pg_sql(fee_percent: Decimal) -> Sql:
+    """The first hop of a batch of requests, in one statement: their plans; then their holds, in the
+    order of the payers' accounts; then their picks, in the order of the providers (locks are taken in
+    one order, so two batches never wait on each other in a cycle), each provider's in request order.
+    The picks come last: each holds its provider's turn until the statement commits."""
+    f = _fragments()
+    q = Sql()
+    # Written in order: the placeholders' values are laid out in the order they appear.
+    text = f"WITH {_asks_of_json(q)}, {_plan_ctes(f, q, fee_percent=fee_percent)},"
+    text += (
+        " holds AS MATERIALIZED (SELECT o.n, CASE WHEN o.refusal IS NULL AND o.hold_amount > 0"
+        " THEN pool_hold_take(o.account_id, o.hold_amount, o.request_id || ':' || o.route) END AS held"
+        " FROM (SELECT * FROM plan ORDER BY account_id, n) o),"
+        " picks AS MATERIALIZED (SELECT o.n, pool_key_take(o.t_provider, o.ids, o.request_id) AS key_id,"
+        " cardinality(o.ids) AS candidates FROM (SELECT p.n, p.t_provider, p.request_id, CASE"
     )
-
-
-def _pick_pg(candidates: tuple[str, list], request_id: str) -> tuple[str, list]:
-    cand_sql, cand_params = candidates
-    keys_table = '"keys_providerkey"'
-    p = Params()
-    p.extend(cand_params)
-    returning = ", ".join(f"keys_providerkey.{c}" for c in PICKED_COLUMNS)
+    for route, include_exchange, when in (
+        (Route.POOL, False, f"p.route = '{Route.POOL}'"),
+        (Route.BYOK, False, f"p.route = '{Route.BYOK}'"),
+        (Route.PLATFORM, True, "p.include_exchange"),
+    ):
+        cands = _candidates(f, q, route=route, include_exchange=include_exchange, of_plan=True)
+        text += f" WHEN {when} THEN ARRAY({cands})"
+    text += f" ELSE ARRAY({_candidates(f, q, route=Route.PLATFORM, include_exchange=False, of_plan=True)}) END"
+    text += (
+        " AS ids FROM plan p JOIN holds h ON h.n = p.n WHERE p.refusal IS NULL AND (p.hold_amount = 0 OR h.held)"
+        " ORDER BY p.t_provider, p.n) o)"
+    )
     columns = ", ".join(f"k.{c}" for c in PICKED_COLUMNS)
-    ctes = [
-        f"candidate AS ({cand_sql} ORDER BY {keys_table}.\"lru_seq\", {keys_table}.\"id\" LIMIT 1"
-        f" FOR NO KEY UPDATE OF {keys_table} SKIP LOCKED)",
-        # The order was judged on this statement's snapshot; `seen` keeps the lru_seq it judged by.
-        "seen AS (SELECT id, lru_seq FROM keys_providerkey WHERE id IN (SELECT id FROM candidate))",
-        f"picked AS (UPDATE keys_providerkey SET lru_seq = nextval('{LRU_SEQUENCE}'), last_used_at = now()"
-        " FROM seen WHERE keys_providerkey.id = seen.id AND keys_providerkey.lru_seq = seen.lru_seq"
-        f" RETURNING {returning})",
-        "leased AS (INSERT INTO keys_providerkeylease (key_id, request_id, created_at)"
-        f" SELECT id, {p(request_id)}, now() FROM picked RETURNING key_id)",
-    ]
-    sql = (
-        "WITH " + ", ".join(ctes) +
-        f" SELECT (SELECT count(*) FROM leased), {columns}, {_owner_accounts_sql('k')},"
-        f" CASE WHEN k.id IS NULL THEN EXISTS ({cand_sql}) ELSE true END"
-        " FROM (SELECT 1) AS one LEFT JOIN picked k ON true"
+    text += (
+        f" SELECT p.n, {', '.join('p.' + c for c in PLAN_COLUMNS)}, COALESCE(h.held, FALSE),"
+        f" COALESCE(t.candidates, 0), {columns}, {_owner_accounts_sql('k')}"
+        " FROM plan p JOIN holds h ON h.n = p.n LEFT JOIN picks t ON t.n = p.n"
+        " LEFT JOIN keys_providerkey k ON k.id = t.key_id"
     )
-    p.extend(cand_params)
-    return sql, p.values
+    q.text = text
+    return q
 
 
-def _pick_row(row) -> PickRow:
-    _, *rest = row
-    *key_values, main_account, frozen_account, any_candidate = rest
-    key = None
-    if key_values[0] is not None:
-        key = dict(zip(PICKED_COLUMNS, key_values))
-        key["is_platform"], key["exchange"] = bool(key["is_platform"]), bool(key["exchange"])
-        key["main_account_id"], key["frozen_account_id"] = main_account, frozen_account
-    return PickRow(key=key, any_candidate=bool(any_candidate))
+@lru_cache(maxsize=8)
+def _plan_sql(fee_percent: Decimal) -> Sql:
+    q = Sql()
+    asks = _asks_of_values(q)
+    plan = _plan_ctes(_fragments(), q, fee_percent=fee_percent)
+    q.text = f"WITH {asks}, {plan} SELECT {', '.join(PLAN_COLUMNS)} FROM plan"
+    return q
 
 
-def _pick_sqlite(*, candidates: tuple[str, list], request_id: str, now: datetime) -> PickRow:
-    cand_sql, cand_params = candidates
-    returning = ", ".join(f'"{c}"' for c in PICKED_COLUMNS)
+def _begin_sqlite(*, ask: Ask, request_id: str, now: datetime) -> Begun:
+    f = _fragments()
+    plan_sql = _plan_sql(_fee_percent())
     with transaction.atomic(), connection.cursor() as cursor:
-        _sqlite_execute(
-            cursor,
-            "UPDATE keys_providerkey SET lru_seq = (SELECT COALESCE(MAX(lru_seq), 0) + 1 FROM keys_providerkey),"
-            f" last_used_at = %s WHERE id = ({cand_sql} ORDER BY \"keys_providerkey\".\"lru_seq\","
-            f" \"keys_providerkey\".\"id\" LIMIT 1) RETURNING {returning}",
-            [now, *cand_params],
-        )
+        _sqlite_execute(cursor, plan_sql.text, plan_sql.params(_ask_values(ask, request_id=request_id)))
         row = cursor.fetchone()
         if row is None:
-            _sqlite_execute(cursor, f"SELECT EXISTS ({cand_sql})", cand_params)
-            return PickRow(key=None, any_candidate=bool(cursor.fetchone()[0]))
-        key_id = row[0]
-        _sqlite_execute(cursor, "INSERT INTO keys_providerkeylease (key_id, request_id, created_at) VALUES (%s, %s, %s)",
-                        [key_id, request_id, now])
-        _sqlite_execute(cursor, f"SELECT {_owner_accounts_sql('k')} FROM keys_providerkey k WHERE k.id = %s", [key_id])
-        main_account, frozen_account = cursor.fetchone()
-    return _pick_row((1, *row, main_account, frozen_account, True))
+            return Begun(plan=None, held=False, picked=_NOT_PICKED)
+        plan = _plan_row(row)
+        if plan.refusal is not None:
+            return Begun(plan=plan, held=False, picked=_NOT_PICKED)
+        if plan.hold_amount > 0:
+            hold = Hold(account_id=plan.caller.account_id, amount=plan.hold_amount,
+                        hold_id=hold_id(request_id, plan.route))
+            if not _hold_sqlite(cursor, hold, now):
+                return Begun(plan=plan, held=False, picked=_NOT_PICKED)
+        q = Sql()
+        cands = _candidates(f, q, route=plan.route, include_exchange=plan.include_exchange, of_plan=False)
+        params = q.params({"provider": plan.provider_id, "user": plan.caller.user_id,
+                           "org": plan.caller.organization_id})
+        picked = _take_sqlite(cursor, cands, params, request_id=request_id, now=now)
+    return Begun(plan=plan, held=plan.hold_amount > 0, picked=picked)
 
 
-def _hold_pg(hold: Hold) -> tuple[str, dict]:
-    n = Named()
-    amount, account = n("amount", hold.amount), n("account", hold.account_id)
-    return (
-        f"WITH reserve AS (UPDATE billing_account SET held = held + {amount}"
-        f" WHERE id = {account} AND balance - held >= {amount} RETURNING id),"
-        " hold AS (INSERT INTO billing_balancehold (account_id, request_id, amount, created_at)"
-        f" SELECT id, {n('hold_id', hold.hold_id)}, {amount}, now() FROM reserve RETURNING id)"
-        " SELECT count(*) FROM hold"
-    ), n.values
+def _json_value(value):
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"not JSON: {type(value).__name__}")
 
 
-def _hold_sqlite(*, hold: Hold, now: datetime) -> bool:
+def _json(rows: list[dict]) -> str:
+    return json.dumps(rows, default=_json_value, separators=(",", ":"))
+
+
+async def _begin_pg_batch(items: list[tuple[Ask, str]]) -> list[Begun]:
+    q = _begin_pg_sql(_fee_percent())
+    asks = _json([_ask_values(ask, n=n, request_id=request_id) for n, (ask, request_id) in enumerate(items)])
+    rows = await pg_fetchall(q.pg, q.params({"asks": asks}), durable=False)
+    width = len(PLAN_COLUMNS)
+    found = {}
+    for row in rows:
+        plan = _plan_row(row[1:width + 1])
+        held, candidates = row[width + 1], row[width + 2]
+        found[row[0]] = Begun(plan=plan, held=bool(held), picked=_picked(candidates, list(row[width + 3:])))
+    return [found.get(n, Begun(plan=None, held=False, picked=_NOT_PICKED)) for n in range(len(items))]
+
+
+async def begin(*, ask: Ask, request_id: str, now: datetime) -> Begun:
+    """The first hop: plan, hold and pick, with the requests waiting alongside in one statement
+    (PostgreSQL, pool.batch) or alone in one transaction (SQLite).
+
+    The hold is placed only when the plan refuses nothing; the key is picked only when the hold, if
+    any, is placed. Holds are named `request_id:route`."""
+    await _fragments_ready()
+    if not is_postgres():
+        return await db_call(_begin_sqlite, ask=ask, request_id=request_id, now=now)
+    return await batcher("begin", _begin_pg_batch).submit((ask, request_id))
+
+
+async def plan_read(*, ask: Ask) -> PlanRow | None:
+    """The plan alone (no hold, no pick): who is calling, for the endpoints that route nothing."""
+    await _fragments_ready()
+    q = _plan_sql(_fee_percent())
+    params = q.params(_ask_values(ask))
+    if is_postgres():
+        row = await pg_fetchone(q.pg, params, durable=False)
+    else:
+        row = await db_call(_fetchone_sqlite, sql=q.text, params=params)
+    return None if row is None else _plan_row(row)
+
+
+def _fetchone_sqlite(*, sql: str, params: list):
+    with connection.cursor() as cursor:
+        _sqlite_execute(cursor, sql, params)
+        return cursor.fetchone()
+
+
+# --- the rare paths of the first hop: another key, another route --------------------------------
+
+
+@lru_cache(maxsize=64)
+def _take_pg_sql(route: str, include_exchange: bool, exclude: int) -> Sql:
+    f = _fragments()
+    q = Sql()
+    cands = _candidates(f, q, route=route, include_exchange=include_exchange, of_plan=False, exclude=exclude)
+    columns = ", ".join(f"k.{c}" for c in PICKED_COLUMNS)
+    q.text = (
+        f"WITH cands AS MATERIALIZED (SELECT ARRAY({cands}) AS ids),"
+        f" take AS MATERIALIZED (SELECT pool_key_take(CAST({q.value('provider')} AS BIGINT), c.ids,"
+        f" {q.value('request_id')}) AS key_id, cardinality(c.ids) AS n FROM cands c)"
+        f" SELECT take.n, {columns}, {_owner_accounts_sql('k')}"
+        " FROM take LEFT JOIN keys_providerkey k ON k.id = take.key_id"
+    )
+    return q
+
+
+def _key_take_sqlite(*, route: str, include_exchange: bool, values: dict, exclude: int, now: datetime) -> Picked:
+    q = Sql()
+    cands = _candidates(_fragments(), q, route=route, include_exchange=include_exchange, of_plan=False,
+                        exclude=exclude)
     with transaction.atomic(), connection.cursor() as cursor:
-        _sqlite_execute(cursor, "UPDATE billing_account SET held = held + %s WHERE id = %s AND balance - held >= %s",
-                        [hold.amount, hold.account_id, hold.amount])
-        if cursor.rowcount == 0:
-            return False
-        _sqlite_execute(cursor, "INSERT INTO billing_balancehold (account_id, request_id, amount, created_at)"
-                        " VALUES (%s, %s, %s, %s)", [hold.account_id, hold.hold_id, hold.amount, now])
-    return True
+        return _take_sqlite(cursor, cands, q.params(values), request_id=values["request_id"], now=now)
+
+
+async def key_take(
+    *, route: str, include_exchange: bool, provider_id: int, user_id: int, organization_id: int | None,
+    request_id: str, exclude: tuple[int, ...] = (), now: datetime,
+) -> Picked:
+    """Take the least recently used free candidate of the route for this caller, leased to
+    `request_id` until it settles: another key after a failure, or the fail-over route's first."""
+    await _fragments_ready()
+    values = {"provider": provider_id, "user": user_id, "org": organization_id, "request_id": request_id,
+              **{f"exclude_{i}": key_id for i, key_id in enumerate(exclude)}}
+    if not is_postgres():
+        return await db_call(_key_take_sqlite, route=route, include_exchange=include_exchange, values=values,
+                             exclude=len(exclude), now=now)
+    q = _take_pg_sql(route, include_exchange, len(exclude))
+    row = await pg_fetchone(q.pg, q.params(values), durable=False)
+    return _picked(row[0], list(row[1:]))
+
+
+HOLD_PG = "SELECT pool_hold_take($1, $2, $3)"
+
+
+def _hold_place_sqlite(*, hold: Hold, now: datetime) -> bool:
+    with transaction.atomic(), connection.cursor() as cursor:
+        return _hold_sqlite(cursor, hold, now)
 
 
 async def hold_place(hold: Hold, *, now: datetime) -> bool:
@@ -407,26 +717,11 @@ async def hold_place(hold: Hold, *, now: datetime) -> bool:
     cover it. One conditional UPDATE checks and reserves, so concurrent requests can never together
     reserve more than the balance."""
     if is_postgres():
-        return bool((await pg_fetchone(*_hold_pg(hold), durable=False))[0])
-    return await db_call(_hold_sqlite, hold=hold, now=now)
+        return bool((await pg_fetchone(HOLD_PG, [hold.account_id, hold.amount, hold.hold_id], durable=False))[0])
+    return await db_call(_hold_place_sqlite, hold=hold, now=now)
 
 
-async def key_take(
-    *, route: str, include_exchange: bool, provider_id: int, user_id: int, organization_id: int | None,
-    request_id: str, exclude: tuple[int, ...] = (), now: datetime,
-) -> PickRow:
-    """Take the least recently used free candidate of the route for this caller, leased to
-    `request_id` until it settles, in one statement."""
-    f = await _fragments_ready()
-    which = "platform+exchange" if route == "platform" and include_exchange else route
-    candidates = _candidates(f, route=which, provider_id=provider_id, user_id=user_id,
-                             organization_id=organization_id, exclude=exclude)
-    if is_postgres():
-        return _pick_row(await pg_fetchone(*_pick_pg(candidates, request_id), durable=False))
-    return await db_call(_pick_sqlite, candidates=candidates, request_id=request_id, now=now)
-
-
-# --- 3. settle ----------------------------------------------------------------------------------
+# --- 4. settle ----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -501,161 +796,6 @@ def _platform_account_sql(kind: str) -> str:
             " AND organization_id IS NULL)")
 
 
-def _settle_pg(s: SettleSpec, *, lock_payer: bool) -> tuple[str, dict]:
-    n = Named()
-    ctes: list[str] = []
-    reads: list[str] = []  # the final SELECT reads these in order: the order the steps run and lock
-    once = "EXISTS (SELECT 1 FROM rec)"
-
-    payer = n("payer", s.payer_account_id) if s.payer_account_id else None
-    if payer:
-        lock = " FOR UPDATE" if lock_payer else ""
-        ctes.append(f"payer AS (SELECT balance FROM billing_account WHERE id = {payer}{lock})")
-    past_free = "false"
-    if s.byok_owner:
-        user_id, org_id = s.byok_owner
-        owner = f"organization_id = {n('org', org_id)}" if org_id else f"user_id = {n('user', user_id)}"
-        ctes.append(f"month_row AS (SELECT requests FROM billing_byokmonthlyusage WHERE {owner}"
-                    f" AND month = {n('month', s.month)} FOR UPDATE)")
-        past_free = f"COALESCE((SELECT requests FROM month_row), 0) + 1 > {n('free', s.free_requests)}"
-    balance = "COALESCE((SELECT balance FROM payer), 0)" if payer else "0"
-    # charge_and_fee(), in SQL: the charge, then the fee, each capped at what the balance still has.
-    ctes.append(
-        "money AS (SELECT charged, LEAST(fee_due, GREATEST(balance - charged, 0)) AS fee FROM ("
-        f"SELECT LEAST({n('charge', s.charge)}::bigint, GREATEST(b.balance, 0)) AS charged, b.balance,"
-        f" CASE WHEN {past_free} THEN {n('fee', s.fee)}::bigint ELSE 0 END AS fee_due"
-        f" FROM (SELECT {balance} AS balance) b) m)"
-    )
-    columns = ", ".join(RECORD_COLUMNS)
-    values = ", ".join(n(f"r_{c}", s.record[c]) for c in RECORD_COLUMNS)
-    ctes.append(
-        f"rec AS (INSERT INTO pool_requestrecord ({columns}, charged, fee, settled_at)"
-        f" SELECT {values}, m.charged + m.fee, m.fee, now() FROM money m"
-        " ON CONFLICT (request_id) DO NOTHING RETURNING id)"
-    )
-    reads.append("(SELECT count(*) FROM rec)")
-
-    if s.byok_owner:
-        user_id, org_id = s.byok_owner
-        target = ("(organization_id, month) WHERE organization_id IS NOT NULL" if org_id
-                  else "(user_id, month) WHERE user_id IS NOT NULL")
-        ctes.append(
-            "counted AS (INSERT INTO billing_byokmonthlyusage (user_id, organization_id, month, requests)"
-            f" SELECT {n('count_user', None if org_id else user_id)}::bigint, {n('count_org', org_id)}::bigint,"
-            f" {n('month', s.month)}::date, 1 WHERE {once} ON CONFLICT {target}"
-            " DO UPDATE SET requests = billing_byokmonthlyusage.requests + 1 RETURNING id)"
-        )
-        reads.append("(SELECT count(*) FROM counted)")
-    if s.hold_ids:
-        ids = ", ".join(n(f"hold_{i}", h) for i, h in enumerate(s.hold_ids))
-        ctes.append(
-            f"released AS (UPDATE billing_balancehold SET released_at = now() WHERE request_id IN ({ids})"
-            f" AND released_at IS NULL AND {once} RETURNING account_id, amount)"
-        )
-    # Ledger transactions, then their entries (the deferred trigger checks each sums to zero).
-    txns = []
-    if payer and s.charge:
-        txns.append(("charge_txn", "m.charged", LedgerKind.USAGE, n("charge_key", s.charge_key),
-                     n("charge_memo", s.charge_memo[:200])))
-    if payer and s.fee and s.byok_owner:
-        txns.append(("fee_txn", "m.fee", LedgerKind.BYOK_FEE, n("fee_key", s.fee_key), n("fee_memo", s.fee_memo[:200])))
-    for name, amount, kind, key, memo in txns:
-        ctes.append(
-            f"{name} AS (INSERT INTO billing_ledgertransaction (idempotency_key, kind, memo, created_at)"
-            f" SELECT {key}, '{kind}', {memo}, now() FROM money m WHERE {amount} > 0 AND {once} RETURNING id)"
-        )
-    revenue = _platform_account_sql(Account.Kind.REVENUE)
-    legs = []
-    for name, amount, *_ in txns:
-        legs.append(f"SELECT t.id, {payer}::bigint, -({amount}) FROM {name} t, money m")
-        legs.append(f"SELECT t.id, {revenue}, {amount} FROM {name} t, money m")
-    if s.credit:
-        c = s.credit
-        ctes.append(
-            "credit_txn AS (INSERT INTO billing_ledgertransaction (idempotency_key, kind, memo, created_at)"
-            f" SELECT {n('credit_key', c.idempotency_key)}, {n('credit_kind', c.txn_kind)},"
-            f" {n('credit_memo', c.memo[:200])}, now() WHERE {once} RETURNING id)"
-        )
-        amount = n("credit", c.amount)
-        legs.append(f"SELECT t.id, {_platform_account_sql(c.source_kind)}, -{amount}::bigint FROM credit_txn t")
-        legs.append(f"SELECT t.id, {n('credit_account', c.account_id)}::bigint, {amount}::bigint FROM credit_txn t")
-    if legs:
-        ctes.append(
-            "entries AS (INSERT INTO billing_ledgerentry (transaction_id, account_id, amount, created_at)"
-            " SELECT leg.*, now() FROM (" + " UNION ALL ".join(legs) + ") AS leg RETURNING id)"
-        )
-        reads.append("(SELECT count(*) FROM entries)")
-    if s.earning:
-        e = s.earning
-        ledger_txn = "(SELECT id FROM credit_txn)" if s.credit else "NULL"
-        ctes.append(
-            "earning AS (INSERT INTO exchange_exchangeearning (provider_key_id, account_id, request_id,"
-            " settled_cost, rate_percent, rate_rule_id, rate_scope, amount, ledger_transaction_id, created_at)"
-            f" SELECT {n('key', s.key_id)}, {n('earning_account', e.account_id)}, {n('r_request_id', s.record['request_id'])},"
-            f" {n('settled_cost', e.settled_cost)}, {n('rate', e.rate_percent)}, {n('rule', e.rule_id)}::bigint,"
-            f" {n('scope', e.scope)}, {n('earned', e.amount)}, {ledger_txn}, now() WHERE {once} RETURNING id)"
-        )
-        reads.append("(SELECT count(*) FROM earning)")
-    if s.credit:
-        ctes.append(
-            f"credited AS (UPDATE billing_account SET balance = balance + {n('credit', s.credit.amount)}"
-            f" WHERE id = {n('credit_account', s.credit.account_id)} AND {once} RETURNING id)"
-        )
-        reads.append("(SELECT count(*) FROM credited)")
-    if s.key_id is not None:
-        key = n("key", s.key_id)
-        if s.stats:
-            r = s.record
-            ctes.append(
-                "stats AS (INSERT INTO keys_providerkeystats (key_id, requests_served, prompt_tokens,"
-                f" completion_tokens, credits_earned, updated_at) SELECT {key}, 1, {n('r_prompt_tokens', r['prompt_tokens'])},"
-                f" {n('r_completion_tokens', r['completion_tokens'])}, {n('credit', s.credit.amount if s.credit else 0)},"
-                f" now() WHERE {once}"
-                " ON CONFLICT (key_id) DO UPDATE SET requests_served = keys_providerkeystats.requests_served + 1,"
-                " prompt_tokens = keys_providerkeystats.prompt_tokens + EXCLUDED.prompt_tokens,"
-                " completion_tokens = keys_providerkeystats.completion_tokens + EXCLUDED.completion_tokens,"
-                " credits_earned = keys_providerkeystats.credits_earned + EXCLUDED.credits_earned,"
-                " updated_at = EXCLUDED.updated_at RETURNING key_id)"
-            )
-            reads.append("(SELECT count(*) FROM stats)")
-    if payer:
-        held = ("COALESCE((SELECT SUM(r.amount) FROM released r WHERE r.account_id = billing_account.id), 0)"
-                if s.hold_ids else "0")
-        ctes.append(
-            "payer_moved AS (UPDATE billing_account SET balance = balance - m.charged - m.fee,"
-            f" held = held - {held} FROM money m WHERE billing_account.id = {payer} AND {once}"
-            " RETURNING billing_account.id)"
-        )
-        reads.append("(SELECT count(*) FROM payer_moved)")
-
-    # The platform accounts last, in a fixed order: every charge moves revenue, so its row is locked
-    # the shortest, and no two settlements take these rows in opposite orders.
-    platform_moves = []
-    if txns:
-        platform_moves.append((Account.Kind.REVENUE, "m.charged + m.fee"))
-    if s.credit:
-        platform_moves.append((s.credit.source_kind, f"-{n('credit', s.credit.amount)}::bigint"))
-    for i, (kind, delta) in enumerate(sorted(platform_moves)):
-        ctes.append(
-            f"platform_{i} AS (UPDATE billing_account SET balance = balance + {delta} FROM money m"
-            f" WHERE kind = '{kind}' AND user_id IS NULL AND organization_id IS NULL AND ({delta}) <> 0 AND {once}"
-            " RETURNING billing_account.id)"
-        )
-        reads.append(f"(SELECT count(*) FROM platform_{i})")
-    if s.touch_api_key:
-        ctes.append(
-            f"touched AS (UPDATE accounts_apikey SET last_used_at = now() WHERE id = {n('r_api_key_id', s.record['api_key_id'])}"
-            " AND (last_used_at IS NULL OR last_used_at < now() - interval '60 seconds') RETURNING id)"
-        )
-        reads.append("(SELECT count(*) FROM touched)")
-    # The request's lease on its key ends with it (a replay finds none left).
-    ctes.append(f"unleased AS (DELETE FROM keys_providerkeylease WHERE request_id = {n('r_request_id', s.record['request_id'])}"
-                " RETURNING key_id)")
-    reads.append("(SELECT count(*) FROM unleased)")
-    sql = "WITH " + ", ".join(ctes) + " SELECT m.charged, m.fee, " + ", ".join(reads) + " FROM money m"
-    return sql, n.values
-
-
 def _settle_sqlite(s: SettleSpec, now: datetime) -> Settled:
     """The same steps as the PostgreSQL statement, as plain statements in one transaction."""
     with transaction.atomic(), connection.cursor() as cursor:
@@ -689,11 +829,8 @@ def _settle_sqlite(s: SettleSpec, now: datetime) -> Settled:
         released = 0
         if s.hold_ids:
             marks = ", ".join(["%s"] * len(s.hold_ids))
-            run(f"SELECT COALESCE(SUM(amount), 0) FROM billing_balancehold WHERE request_id IN ({marks})"
-                " AND released_at IS NULL", s.hold_ids)
-            released = cursor.fetchone()[0]
-            run(f"UPDATE billing_balancehold SET released_at = %s WHERE request_id IN ({marks})"
-                " AND released_at IS NULL", [now, *s.hold_ids])
+            run(f"DELETE FROM billing_balancehold WHERE request_id IN ({marks}) RETURNING amount", s.hold_ids)
+            released = sum(amount for (amount,) in cursor.fetchall())
         if s.payer_account_id and (charged or fee or released):
             run("UPDATE billing_account SET balance = balance - %s, held = held - %s WHERE id = %s",
                 [charged + fee, released, s.payer_account_id])
@@ -754,33 +891,74 @@ class PlatformAccountMissing(Exception):
     """A platform account the settlement posts to does not exist yet; nothing was written."""
 
 
-async def settle(spec: SettleSpec, *, now: datetime) -> Settled:
-    """Apply a settlement exactly once (keyed by the request id)."""
-    if is_postgres():
-        from psycopg.errors import CheckViolation, DeadlockDetected, NotNullViolation
+def _settle_json(s: SettleSpec) -> dict:
+    """One settlement as pool_settle reads it (pool/migrations/0004, SETTLEMENT_FIELDS)."""
+    payer = s.payer_account_id or None
+    byok_user, byok_org = s.byok_owner or (None, None)
+    row = {
+        **s.record, "error_code": s.record["error_code"][:64], "payer": payer, "charge": s.charge if payer else 0,
+        "charge_key": s.charge_key, "charge_memo": s.charge_memo[:200], "byok_user": byok_user,
+        "byok_org": byok_org, "month": s.month, "free": s.free_requests, "fee": s.fee if payer else 0,
+        "fee_key": s.fee_key, "fee_memo": s.fee_memo[:200], "hold_ids": list(s.hold_ids) if payer else [],
+        "key_id": s.key_id, "stats": s.key_id is not None and s.stats, "touch": s.touch_api_key,
+        "earning": s.earning is not None,
+    }
+    if s.credit:
+        c = s.credit
+        row.update(credit=c.amount, credit_account=c.account_id, credit_source=c.source_kind,
+                   credit_kind=c.txn_kind, credit_key=c.idempotency_key, credit_memo=c.memo[:200])
+    if s.earning:
+        e = s.earning
+        row.update(earning_account=e.account_id, settled_cost=e.settled_cost, rate=e.rate_percent,
+                   rate_rule=e.rule_id, rate_scope=e.scope, earned=e.amount)
+    return row
 
-        lock_payer = False
+
+SETTLE_PG = (
+    "SELECT * FROM pool_settle(CAST($1 AS json), CAST($2 AS bigint[]), CAST($3 AS text[]), CAST($4 AS bigint[]),"
+    " CAST($5 AS bigint[]), CAST($6 AS bigint[]), CAST($7 AS date[]))"
+)
+
+
+async def _settle_pg_batch(specs: list[SettleSpec]) -> list[Settled]:
+    from psycopg.errors import DeadlockDetected, NotNullViolation
+
+    rows = [_settle_json(s) for s in specs]
+    # What the batch moves that other requests move too, for pool_settle to lock first, in one order.
+    accounts = sorted({a for r in rows for a in (r["payer"], r.get("credit_account")) if a})
+    platform = sorted({Account.Kind.REVENUE for r in rows if r["charge"] or r["fee"]}
+                      | {r["credit_source"] for r in rows if r.get("credit_source")})
+    # Key and BYOK month counters only when the batch moves more than one of a kind: a single one is
+    # locked where it is written, which is after the accounts all the same.
+    keys = sorted({r["key_id"] for r in rows if r["stats"]})
+    keys = keys if len(keys) > 1 else []
+    counted = {(r["byok_user"], r["byok_org"], r["month"]) for r in rows if r["byok_user"] or r["byok_org"]}
+    byok_users = sorted({user for user, _, _ in counted if user}) if len(counted) > 1 else []
+    byok_orgs = sorted({org for _, org, _ in counted if org}) if len(counted) > 1 else []
+    months = sorted({month for _, _, month in counted})
+    params = [_json(rows), accounts, platform, keys, byok_users, byok_orgs, months]
+    for attempt in range(SETTLE_ATTEMPTS):
         try:
-            for attempt in range(SETTLE_ATTEMPTS):
-                try:
-                    row = await pg_fetchone(*_settle_pg(spec, lock_payer=lock_payer))
-                    break
-                except CheckViolation:
-                    # The balance fell below what the snapshot showed (a charge beyond the hold met
-                    # a concurrent one): nothing was written; settle again with the payer locked first.
-                    if lock_payer:
-                        raise
-                    lock_payer = True
-                except DeadlockDetected:
-                    # Only with the payer locked first, against a settlement locking the other way
-                    # round; nothing was written, and one of the two goes on.
-                    if attempt == SETTLE_ATTEMPTS - 1:
-                        raise
+            rows = await pg_fetchall(SETTLE_PG, params)
+            break
+        except DeadlockDetected:
+            # Against a writer that locks the same rows in another order; nothing was written.
+            if attempt == SETTLE_ATTEMPTS - 1:
+                raise
         except NotNullViolation as error:
             if error.diag.table_name == "billing_ledgerentry":
                 raise PlatformAccountMissing() from None
             raise
-        return Settled(inserted=bool(row[2]), charged=row[0], fee=row[1])
+    settled = {request_id: Settled(inserted=inserted, charged=charged, fee=fee)
+               for request_id, inserted, charged, fee in rows}
+    return [settled[s.record["request_id"]] for s in specs]
+
+
+async def settle(spec: SettleSpec, *, now: datetime) -> Settled:
+    """Apply a settlement exactly once (keyed by the request id): with the settlements waiting
+    alongside in one statement and one commit (PostgreSQL, pool.batch), or alone (SQLite)."""
+    if is_postgres():
+        return await batcher("settle", _settle_pg_batch).submit(spec)
     try:
         return await db_call(_settle_sqlite, s=spec, now=now)
     except IntegrityError as error:

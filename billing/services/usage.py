@@ -15,11 +15,12 @@ from billing.models import Account, BalanceHold
 
 
 def _release(holds) -> int:
-    """Close open holds and give their amounts back to their accounts; each hold exactly once."""
+    """Delete holds and give their amounts back to their accounts; each hold exactly once (a hold that
+    its request's settlement deleted meanwhile is not there to delete again)."""
     released = 0
-    now = timezone.now()
     for pk, account_id, amount in holds.values_list("pk", "account_id", "amount"):
-        if BalanceHold.objects.filter(pk=pk, released_at__isnull=True).update(released_at=now):
+        deleted, _ = BalanceHold.objects.filter(pk=pk).delete()
+        if deleted:
             Account.objects.filter(pk=account_id).update(held=F("held") - amount)
             released += 1
     return released
@@ -33,4 +34,4 @@ def holds_release_stale(*, older_than: timedelta) -> int:
     """
     cutoff = timezone.now() - older_than
     with transaction.atomic():
-        return _release(BalanceHold.objects.filter(released_at__isnull=True, created_at__lt=cutoff))
+        return _release(BalanceHold.objects.filter(created_at__lt=cutoff))

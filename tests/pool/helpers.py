@@ -58,3 +58,44 @@ def wait_until(predicate, *, seconds: float = 5.0) -> bool:
             pass
         time.sleep(0.05)
     return False
+
+
+def holds_during(call, *, fake, secrets, delay: float = 0.4):
+    """`call()`'s result and every hold seen while it ran ({hold id: amount}).
+
+    Holds exist only while their request is in flight, so the fake holds back its first byte for the
+    keys in `secrets` long enough for them to be seen; the delay is lifted afterwards.
+    """
+    import threading
+    import time
+
+    from django.db import OperationalError, connection
+
+    from billing.models import BalanceHold
+
+    for secret in secrets:
+        fake.script(secret, first_byte_delay=delay)
+    outcome: dict = {}
+
+    def run():
+        try:
+            outcome["value"] = call()
+        except BaseException as error:  # re-raised in the test's thread
+            outcome["error"] = error
+
+    seen: dict[str, int] = {}
+    thread = threading.Thread(target=run)
+    thread.start()
+    while thread.is_alive():
+        try:
+            seen.update(BalanceHold.objects.values_list("request_id", "amount"))
+        except OperationalError:  # SQLite: the table is being written; look again
+            pass
+        time.sleep(0.02)
+    thread.join()
+    connection.close()
+    for secret in secrets:
+        fake.script(secret)  # no fault: answered at once again
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"], seen

@@ -11,7 +11,7 @@ from billing.models import ByokMonthlyUsage
 from billing.money import percent_of
 from pool.models import RequestRecord
 from tests.pool.conftest import COST, MODEL, PROMPT, PROVIDER
-from tests.pool.helpers import SIGNUP, assert_ledger_clean, main, platform, spend_all
+from tests.pool.helpers import SIGNUP, assert_ledger_clean, holds_during, main, platform, spend_all
 
 MODEL_ID = f"{PROVIDER}/{MODEL}"
 FEE = percent_of(COST, Decimal(5))
@@ -122,7 +122,7 @@ def test_fail_over_past_the_free_tier_holds_for_both_routes_and_releases_both(wo
 
     alice = world.member()
     own = world.key(owner=alice.user, byok=True)
-    world.key()
+    platform_key = world.key()
     world.fake.script(own.secret, status=503)
     from django.utils import timezone as django_timezone
 
@@ -131,12 +131,13 @@ def test_fail_over_past_the_free_tier_holds_for_both_routes_and_releases_both(wo
     # past the free tier this month: the BYOK fee is held too
     ByokMonthlyUsage.objects.create(user=alice.user, month=month_start(django_timezone.now()), requests=2_000_000)
 
-    headers, completion = _ask(alice, world.url)
+    (headers, completion), held = holds_during(lambda: _ask(alice, world.url), fake=world.fake,
+                                               secrets=[platform_key.secret])
 
     assert headers["x-headroom-route"] == "platform"
-    holds = BalanceHold.objects.filter(request_id__startswith=headers["x-headroom-request-id"])
-    assert sorted(h.request_id.rsplit(":", 1)[1] for h in holds) == ["byok", "platform"]
-    assert all(h.released_at is not None for h in holds)
+    request_id = headers["x-headroom-request-id"]
+    assert sorted(held) == [f"{request_id}:byok", f"{request_id}:platform"]  # both held while in flight
+    assert not BalanceHold.objects.exists()  # and both released with the request
     assert Account.objects.get(user=alice.user, kind="main").held == 0
     assert main(alice.user) == SIGNUP - COST
     assert_ledger_clean()

@@ -20,6 +20,7 @@ from tests.pool.helpers import (
     SIGNUP,
     assert_ledger_clean,
     frozen,
+    holds_during,
     main,
     platform,
     usd_float,
@@ -222,22 +223,25 @@ def test_the_hold_follows_the_model_price_in_force_and_the_route(world):
     from keys.models import ProviderModel
     from tests.pool.conftest import INPUT_PRICE
 
-    world.key()
+    platform_key = world.key()
     alice = world.member()
     client = alice.client(world.url)
 
-    def held_for(**options) -> int | None:
-        raw = client.chat.completions.with_raw_response.create(model=MODEL_ID, messages=PROMPT,
-                                                               max_tokens=1000, **options)
-        hold = BalanceHold.objects.filter(request_id=f"{raw.headers['x-headroom-request-id']}:platform").first()
-        return hold.amount if hold else None
+    def held_for(*secrets) -> int | None:
+        def ask():
+            return client.chat.completions.with_raw_response.create(model=MODEL_ID, messages=PROMPT, max_tokens=1000)
+
+        raw, held = holds_during(ask, fake=world.fake, secrets=secrets)
+        request_id = raw.headers["x-headroom-request-id"]
+        assert set(held) <= {f"{request_id}:platform"}
+        return held.get(f"{request_id}:platform")
 
     prompt_estimate = 10  # "hello there world": 17 characters / 3, plus 4 for the message
-    assert held_for() == token_cost(prompt_estimate, INPUT_PRICE) + token_cost(1000, 2_000_000_000)
-    assert held_for() == token_cost(prompt_estimate, INPUT_PRICE) + token_cost(1000, 2_000_000_000)
+    assert held_for(platform_key.secret) == token_cost(prompt_estimate, INPUT_PRICE) + token_cost(1000, 2_000_000_000)
+    assert held_for(platform_key.secret) == token_cost(prompt_estimate, INPUT_PRICE) + token_cost(1000, 2_000_000_000)
     ProviderModel.objects.filter(name=MODEL).update(output_price=20_000_000_000)  # ×10
-    assert held_for() == token_cost(prompt_estimate, INPUT_PRICE) + token_cost(1000, 20_000_000_000)
-    world.key(owner=alice.user, byok=True)
-    assert held_for() is None  # BYOK within the free tier reserves nothing
-    assert not BalanceHold.objects.filter(released_at__isnull=True).exists()
+    assert held_for(platform_key.secret) == token_cost(prompt_estimate, INPUT_PRICE) + token_cost(1000, 20_000_000_000)
+    own = world.key(owner=alice.user, byok=True)
+    assert held_for(own.secret) is None  # BYOK within the free tier reserves nothing
+    assert not BalanceHold.objects.exists()
     assert_ledger_clean()

@@ -124,7 +124,7 @@ def test_the_pick_takes_the_least_recently_used_key_and_leases_it_to_the_request
     assert sorted(keys[1].leases.values_list("request_id", flat=True)) == ["r1", "r3"]
     ProviderKey.objects.filter(pk__in=[k.pk for k in keys]).update(status=ProviderKey.Status.PAUSED)
     none = take()
-    assert none.key is None and not none.any_candidate
+    assert none.key is None and not none.candidates
 
 
 @pytest.mark.postgres

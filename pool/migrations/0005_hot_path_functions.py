@@ -1,0 +1,294 @@
+"""The gateway's per-request steps on PostgreSQL as functions (pool.sql calls them, a batch at a time).
+
+Why functions: PostgreSQL's cost of a request was mostly fixed cost per statement and per transaction
+(a round trip, executor start-up, commit: ~120 µs for a one-row write on its own, ~22 µs inside a
+PL/pgSQL loop), so the gateway sends the requests that arrive while a statement is in flight together,
+in one statement (pool.batch), and these functions do each request's steps in turn — in order, each
+seeing the ones before it, exactly as if they had come one by one.
+
+- `pool_hold_take`: reserve an amount of the payer's spendable balance (balance − held) with the hold
+  row; false when it cannot cover it. One conditional UPDATE checks and reserves, so requests can
+  never together reserve more than the balance.
+- `pool_key_take`: the least-recently-used pick. It must be strictly least recently used across every
+  gateway process, and a single statement cannot be: its snapshot is taken when it starts, so a pick
+  that waited for its turn would still see the order from before the pick it waited for, and
+  `FOR UPDATE SKIP LOCKED` alone lets concurrent picks pass over the true least-recently-used key
+  while another pick holds it for a moment (the rotation drifts). Here a pick first takes its
+  provider's turn (a transaction-scoped advisory lock: no table row is held), then runs the UPDATE
+  as a statement of its own — a volatile function's statements each get a fresh snapshot — so it sees
+  every pick committed before its turn. The turn ends when the caller's transaction commits; the
+  caller makes the picks its last step. Which keys may serve stays with the caller (pool.sql compiles
+  the rules from keys.selectors into the candidate list); this only orders, locks, stamps and leases.
+  SKIP LOCKED still passes over a key that another writer (a state transition) holds.
+- `pool_settle`: settle a batch of requests, exactly once each (a request already recorded moves
+  nothing again): the request record, the charge then the BYOK fee each capped at what the balance
+  still has, the BYOK month count, the reward or exchange earning, ledger transactions and entries,
+  cached balances, the holds' release (deleted), the key's counters, the API key's last use, the end of the lease.
+  What each request moves was decided by pool.services; this applies it. The rows that other
+  requests move too are locked first, in one order (accounts by id, key counters by key, BYOK month
+  counters by id, API keys by id), so that two batches never wait on each other in a cycle; the
+  platform accounts' cached balances move once per batch.
+
+SQLite serialises writers and runs the same steps as plain statements (pool.sql).
+"""
+
+from django.db import migrations
+
+# The advisory lock's first key: "picks of provider N" (the second key is the provider's id).
+PICK_LOCK_CLASS = 7_201_701
+
+HOLD_TAKE = """
+CREATE OR REPLACE FUNCTION pool_hold_take(p_account bigint, p_amount bigint, p_hold_id text)
+RETURNS boolean LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    UPDATE billing_account SET held = held + p_amount WHERE id = p_account AND balance - held >= p_amount;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    INSERT INTO billing_balancehold (account_id, request_id, amount, created_at)
+    VALUES (p_account, p_hold_id, p_amount, now());
+    RETURN true;
+END;
+$$;
+"""
+
+KEY_TAKE = f"""
+CREATE OR REPLACE FUNCTION pool_key_take(p_provider bigint, p_candidates bigint[], p_request text)
+RETURNS bigint LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    taken bigint;
+BEGIN
+    IF p_candidates IS NULL OR cardinality(p_candidates) = 0 THEN
+        RETURN NULL;
+    END IF;
+    PERFORM pg_advisory_xact_lock({PICK_LOCK_CLASS}, mod(p_provider, 2147483647)::integer);
+    UPDATE keys_providerkey SET lru_seq = nextval('pool_key_lru_seq'), last_used_at = now()
+    WHERE id = (
+        SELECT k.id FROM keys_providerkey k WHERE k.id = ANY (p_candidates)
+        ORDER BY k.lru_seq, k.id LIMIT 1 FOR NO KEY UPDATE SKIP LOCKED
+    )
+    RETURNING id INTO taken;
+    IF taken IS NOT NULL THEN
+        INSERT INTO keys_providerkeylease (key_id, request_id, created_at) VALUES (taken, p_request, now());
+    END IF;
+    RETURN taken;
+END;
+$$;
+"""
+
+# One settlement's fields, as pool.sql.settle sends them (JSON, one object per request).
+SETTLEMENT_FIELDS = """
+    request_id text, created_at timestamptz, api_key_id bigint, requester_id bigint, organization_id bigint,
+    route text, task text, provider_id bigint, model text, provider_key_id bigint, stream boolean, outcome text,
+    upstream_status integer, error_code text, prompt_tokens bigint, completion_tokens bigint,
+    usage_estimated boolean, input_price bigint, output_price bigint, cost bigint, reward bigint,
+    payout_rate numeric, latency_ms bigint, ttfb_ms bigint,
+    payer bigint, charge bigint, charge_key text, charge_memo text,
+    byok_user bigint, byok_org bigint, month date, free bigint, fee bigint, fee_key text, fee_memo text,
+    hold_ids text[], key_id bigint, stats boolean, touch boolean,
+    credit bigint, credit_account bigint, credit_source text, credit_kind text, credit_key text, credit_memo text,
+    earning boolean, earning_account bigint, settled_cost bigint, rate numeric, rate_rule bigint,
+    rate_scope text, earned bigint
+"""
+
+LEDGER_POST = """
+CREATE OR REPLACE FUNCTION pool_ledger_post(
+    p_key text, p_kind text, p_memo text, p_from bigint, p_to bigint, p_amount bigint
+) RETURNS bigint LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    v_txn bigint;
+BEGIN
+    -- One ledger transaction moving p_amount from one account to another (two entries summing to zero);
+    -- the cached balances are the caller's to move.
+    WITH txn AS (
+        INSERT INTO billing_ledgertransaction (idempotency_key, kind, memo, created_at)
+        VALUES (p_key, p_kind, p_memo, now()) RETURNING id
+    ), legs AS (
+        INSERT INTO billing_ledgerentry (transaction_id, account_id, amount, created_at)
+        SELECT txn.id, leg.account, leg.amount, now() FROM txn,
+            (VALUES (p_from, -p_amount), (p_to, p_amount)) AS leg(account, amount)
+    )
+    SELECT txn.id INTO v_txn FROM txn;
+    RETURN v_txn;
+END;
+$$;
+"""
+
+SETTLE = """
+CREATE OR REPLACE FUNCTION pool_settle(
+    p_batch json, p_accounts bigint[], p_platform text[], p_keys bigint[], p_byok_users bigint[],
+    p_byok_orgs bigint[], p_months date[]
+)
+RETURNS TABLE(out_request_id text, out_inserted boolean, out_charged bigint, out_fee bigint)
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    s record;
+    r record;
+    v_kinds text[] := ARRAY['revenue', 'pool_rewards', 'exchange_payouts'];
+    v_platform bigint[] := ARRAY[NULL, NULL, NULL]::bigint[];  -- those accounts' ids, when moved
+    v_moved bigint[] := ARRAY[0, 0, 0];  -- what the batch moves on each of them
+    v_source integer;
+    v_balance bigint;
+    v_count bigint;
+    v_fee_due bigint;
+    v_charged bigint;
+    v_fee bigint;
+    v_credit_txn bigint;
+    v_touched bigint[] := ARRAY[]::bigint[];
+BEGIN
+    -- Lock what other requests move too, in one order: accounts (payers, credited owners, the
+    -- platform accounts this batch moves) by id; then key counters by key, and BYOK month counters
+    -- of users, then of organizations, by id (the caller lists those only when the batch has more
+    -- than one: a single row is locked where it is written, after the accounts, in order all the same).
+    FOR r IN
+        SELECT a.id, a.kind, a.user_id IS NULL AND a.organization_id IS NULL AS platform FROM billing_account a
+        WHERE a.id = ANY (p_accounts || ARRAY(
+            SELECT b.id FROM billing_account b
+            WHERE b.kind = ANY (p_platform) AND b.user_id IS NULL AND b.organization_id IS NULL))
+        ORDER BY a.id FOR UPDATE
+    LOOP
+        IF r.platform THEN
+            v_platform[array_position(v_kinds, r.kind::text)] := r.id;
+        END IF;
+    END LOOP;
+    IF cardinality(p_keys) > 0 THEN
+        PERFORM 1 FROM keys_providerkeystats k WHERE k.key_id = ANY (p_keys) ORDER BY k.key_id FOR UPDATE;
+    END IF;
+    IF cardinality(p_byok_users) > 0 THEN
+        PERFORM 1 FROM billing_byokmonthlyusage u
+        WHERE u.user_id = ANY (p_byok_users) AND u.month = ANY (p_months) ORDER BY u.id FOR UPDATE;
+    END IF;
+    IF cardinality(p_byok_orgs) > 0 THEN
+        PERFORM 1 FROM billing_byokmonthlyusage u
+        WHERE u.organization_id = ANY (p_byok_orgs) AND u.month = ANY (p_months) ORDER BY u.id FOR UPDATE;
+    END IF;
+
+    FOR s IN SELECT * FROM json_to_recordset(p_batch) AS x(SETTLEMENT_FIELDS) LOOP
+        out_request_id := s.request_id;
+        IF EXISTS (SELECT 1 FROM pool_requestrecord q WHERE q.request_id = s.request_id) THEN
+            -- Settled before: nothing moves again.
+            out_inserted := false; out_charged := 0; out_fee := 0;
+            RETURN NEXT;
+            CONTINUE;
+        END IF;
+        v_balance := 0;
+        IF s.payer IS NOT NULL THEN
+            SELECT a.balance INTO v_balance FROM billing_account a WHERE a.id = s.payer;
+        END IF;
+        v_fee_due := 0;
+        IF s.byok_org IS NOT NULL THEN
+            INSERT INTO billing_byokmonthlyusage AS u (user_id, organization_id, month, requests)
+            VALUES (NULL, s.byok_org, s.month, 1)
+            ON CONFLICT (organization_id, month) WHERE organization_id IS NOT NULL
+            DO UPDATE SET requests = u.requests + 1 RETURNING u.requests INTO v_count;
+        ELSIF s.byok_user IS NOT NULL THEN
+            INSERT INTO billing_byokmonthlyusage AS u (user_id, organization_id, month, requests)
+            VALUES (s.byok_user, NULL, s.month, 1)
+            ON CONFLICT (user_id, month) WHERE user_id IS NOT NULL
+            DO UPDATE SET requests = u.requests + 1 RETURNING u.requests INTO v_count;
+        END IF;
+        IF (s.byok_org IS NOT NULL OR s.byok_user IS NOT NULL) AND v_count > s.free THEN
+            v_fee_due := s.fee;
+        END IF;
+        -- The charge, then the fee, each capped at what the balance still has (pool.sql.charge_and_fee).
+        v_charged := LEAST(s.charge, GREATEST(v_balance, 0));
+        v_fee := LEAST(v_fee_due, GREATEST(v_balance - v_charged, 0));
+        INSERT INTO pool_requestrecord (request_id, created_at, api_key_id, requester_id, organization_id, route,
+            task, provider_id, model, provider_key_id, stream, outcome, upstream_status, error_code, prompt_tokens,
+            completion_tokens, usage_estimated, input_price, output_price, cost, reward, payout_rate, latency_ms,
+            ttfb_ms, charged, fee, settled_at)
+        VALUES (s.request_id, s.created_at, s.api_key_id, s.requester_id, s.organization_id, s.route, s.task,
+            s.provider_id, s.model, s.provider_key_id, s.stream, s.outcome, s.upstream_status, s.error_code,
+            s.prompt_tokens, s.completion_tokens, s.usage_estimated, s.input_price, s.output_price, s.cost,
+            s.reward, s.payout_rate, s.latency_ms, s.ttfb_ms, v_charged + v_fee, v_fee, now());
+        IF s.payer IS NOT NULL THEN
+            -- The holds are released (deleted) and the payer pays, in one statement.
+            WITH released AS (
+                DELETE FROM billing_balancehold h WHERE h.request_id = ANY (s.hold_ids) RETURNING h.amount
+            )
+            UPDATE billing_account SET balance = balance - v_charged - v_fee,
+                held = held - COALESCE((SELECT SUM(amount) FROM released), 0)
+            WHERE id = s.payer;
+        END IF;
+        IF v_charged > 0 THEN
+            PERFORM pool_ledger_post(s.charge_key, 'usage', s.charge_memo, s.payer, v_platform[1], v_charged);
+        END IF;
+        IF v_fee > 0 THEN
+            PERFORM pool_ledger_post(s.fee_key, 'byok_fee', s.fee_memo, s.payer, v_platform[1], v_fee);
+        END IF;
+        v_moved[1] := v_moved[1] + v_charged + v_fee;
+        v_credit_txn := NULL;
+        IF s.credit IS NOT NULL THEN
+            v_source := array_position(v_kinds, s.credit_source);
+            v_credit_txn := pool_ledger_post(s.credit_key, s.credit_kind, s.credit_memo, v_platform[v_source],
+                                             s.credit_account, s.credit);
+            UPDATE billing_account SET balance = balance + s.credit WHERE id = s.credit_account;
+            v_moved[v_source] := v_moved[v_source] - s.credit;
+        END IF;
+        IF s.earning THEN
+            INSERT INTO exchange_exchangeearning (provider_key_id, account_id, request_id, settled_cost,
+                rate_percent, rate_rule_id, rate_scope, amount, ledger_transaction_id, created_at)
+            VALUES (s.key_id, s.earning_account, s.request_id, s.settled_cost, s.rate, s.rate_rule, s.rate_scope,
+                s.earned, v_credit_txn, now());
+        END IF;
+        IF s.stats THEN
+            INSERT INTO keys_providerkeystats AS k (key_id, requests_served, prompt_tokens, completion_tokens,
+                credits_earned, updated_at)
+            VALUES (s.key_id, 1, s.prompt_tokens, s.completion_tokens, COALESCE(s.credit, 0), now())
+            ON CONFLICT (key_id) DO UPDATE SET requests_served = k.requests_served + 1,
+                prompt_tokens = k.prompt_tokens + EXCLUDED.prompt_tokens,
+                completion_tokens = k.completion_tokens + EXCLUDED.completion_tokens,
+                credits_earned = k.credits_earned + EXCLUDED.credits_earned, updated_at = EXCLUDED.updated_at;
+        END IF;
+        IF s.touch THEN
+            v_touched := v_touched || s.api_key_id;
+        END IF;
+        -- The request's lease on its key ends with it.
+        DELETE FROM keys_providerkeylease l WHERE l.request_id = s.request_id;
+        out_inserted := true; out_charged := v_charged; out_fee := v_fee;
+        RETURN NEXT;
+    END LOOP;
+
+    FOR i IN 1..3 LOOP
+        IF v_moved[i] <> 0 THEN
+            UPDATE billing_account SET balance = balance + v_moved[i] WHERE id = v_platform[i];
+        END IF;
+    END LOOP;
+    IF cardinality(v_touched) > 0 THEN
+        PERFORM 1 FROM accounts_apikey k WHERE k.id = ANY (v_touched) ORDER BY k.id FOR UPDATE;
+        UPDATE accounts_apikey SET last_used_at = now()
+        WHERE id = ANY (v_touched) AND (last_used_at IS NULL OR last_used_at < now() - interval '60 seconds');
+    END IF;
+END;
+$$;
+""".replace("SETTLEMENT_FIELDS", SETTLEMENT_FIELDS)
+
+DROP_SQL = """
+DROP FUNCTION IF EXISTS pool_settle(json, bigint[], text[], bigint[], bigint[], bigint[], date[]);
+DROP FUNCTION IF EXISTS pool_ledger_post(text, text, text, bigint, bigint, bigint);
+DROP FUNCTION IF EXISTS pool_key_take(bigint, bigint[], text);
+DROP FUNCTION IF EXISTS pool_hold_take(bigint, bigint, text);
+"""
+
+
+def forwards(apps, schema_editor):
+    if schema_editor.connection.vendor == "postgresql":
+        for sql in (HOLD_TAKE, KEY_TAKE, LEDGER_POST, SETTLE):
+            schema_editor.execute(sql)
+
+
+def backwards(apps, schema_editor):
+    if schema_editor.connection.vendor == "postgresql":
+        schema_editor.execute(DROP_SQL)
+
+
+class Migration(migrations.Migration):
+    dependencies = [
+        ("pool", "0004_request_record_fewer_checks"),
+        ("keys", "0005_lease_unchecked_key_plain_index"),
+        ("billing", "0005_holds_deleted_on_release"),
+        ("exchange", "0001_initial"),
+        ("accounts", "0001_initial"),
+    ]
+
+    operations = [migrations.RunPython(forwards, backwards)]
