@@ -70,8 +70,13 @@ def pool_consent_for_user(*, user: User, version: str) -> PoolConsent | None:
 # one statement (platform keys OR exchange keys) without subqueries.
 ROUTABLE = Q(status=Status.ACTIVE, provider__is_active=True) & ~Q(secret_ciphertext="")
 IN_POOL = ROUTABLE & Q(donate_to_pool=True, is_platform=False, provider__pool_clearance=Provider.PoolClearance.CLEARED)
-ON_EXCHANGE = ROUTABLE & Q(exchange=True, is_platform=False)
-PLATFORM = ROUTABLE & Q(is_platform=True)
+EXCHANGE_KEY = Q(exchange=True, is_platform=False)
+PLATFORM_KEY = Q(is_platform=True)
+ON_EXCHANGE = ROUTABLE & EXCHANGE_KEY
+PLATFORM = ROUTABLE & PLATFORM_KEY
+# Platform keys and exchange keys together (the platform route): ROUTABLE once, so that the database
+# scans the provider's keys once rather than once per kind.
+PLATFORM_OR_EXCHANGE = ROUTABLE & (PLATFORM_KEY | EXCHANGE_KEY)
 BYOK = ROUTABLE & Q(byok=True, is_platform=False)
 
 

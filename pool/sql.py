@@ -78,7 +78,7 @@ from billing.money import percent_of_sql, token_cost_sql
 from exchange.models import PayoutRateRule
 from exchange.selectors import GLOBAL_RULE
 from keys.models import Provider, ProviderKey, ProviderModel
-from keys.selectors import BYOK, IN_POOL, ON_EXCHANGE, PLATFORM, ROUTABLE_MODEL
+from keys.selectors import BYOK, IN_POOL, PLATFORM, PLATFORM_OR_EXCHANGE, ROUTABLE_MODEL
 from pool.batch import batcher
 from pool.db import db_call, is_postgres, pg_fetchall, pg_fetchone
 from pool.models import RequestRecord
@@ -207,7 +207,7 @@ def _compile_fragments() -> Fragments:
             Route.POOL: _compiled(keys.filter(IN_POOL).values("id")),
             Route.BYOK: _compiled(keys.filter(BYOK).values("id")),
             Route.PLATFORM: _compiled(keys.filter(PLATFORM).values("id")),
-            Route.EXCHANGE: _compiled(keys.filter(PLATFORM | ON_EXCHANGE).values("id")),  # platform + exchange
+            Route.EXCHANGE: _compiled(keys.filter(PLATFORM_OR_EXCHANGE).values("id")),  # platform + exchange
         },
     )
 
@@ -262,11 +262,12 @@ class PlanRow:
     refusal: str | None
 
 
-def _plan_ctes(f: Fragments, q: Sql, *, fee_percent: Decimal) -> str:
+def _plan_ctes(f: Fragments, q: Sql, *, fee_percent: Decimal, pool: bool) -> str:
     """The plan, as common table expressions over `asks` (the requests' own facts: one row each, see
     ASK_FIELDS) ending in `plan` (one row per ask with a valid API key; none for an invalid one), on
     both databases. Each step is materialised: inlined, the steps above would each evaluate again
-    every sub-select whose result they name."""
+    every sub-select whose result they name. Asks for the pool (`pool`) and for other routes have
+    statements of their own: each reads only what its routes need."""
     main, cleared = Account.Kind.MAIN, Provider.PoolClearance.CLEARED
     platform_only = ApiKey.PoolMode.PLATFORM_ONLY
     context = (
@@ -278,16 +279,24 @@ def _plan_ctes(f: Fragments, q: Sql, *, fee_percent: Decimal) -> str:
         f" THEN (SELECT b.id FROM billing_account b WHERE b.user_id = c.c_user AND b.kind = '{main}')"
         f" ELSE (SELECT b.id FROM billing_account b WHERE b.organization_id = c.c_org AND b.kind = '{main}')"
         " END AS account_id,"
-        f" CASE WHEN a.is_pool THEN EXISTS (SELECT 1 FROM ({q.fragment(f.pool_members)}) g"
-        " WHERE g.g_user = c.c_user) ELSE FALSE END AS pool_gate,"
-        # The caller's own BYOK key for the provider: the organization's when the API key is one's.
-        f" CASE WHEN a.is_pool THEN FALSE ELSE EXISTS (SELECT 1 FROM ({q.fragment(f.byok_keys)}) b"
-        " WHERE b.b_provider = t.t_provider"
-        " AND CASE WHEN c.c_org IS NULL THEN b.b_user = c.c_user ELSE b.b_org = c.c_org END) END AS byok_ready,"
-        " COALESCE(CASE WHEN c.c_org IS NULL"
-        " THEN (SELECT u.requests FROM billing_byokmonthlyusage u WHERE u.user_id = c.c_user AND u.month = a.month)"
-        " ELSE (SELECT u.requests FROM billing_byokmonthlyusage u"
-        " WHERE u.organization_id = c.c_org AND u.month = a.month) END, 0) AS byok_requests,"
+    )
+    if pool:
+        context += (
+            f" EXISTS (SELECT 1 FROM ({q.fragment(f.pool_members)}) g WHERE g.g_user = c.c_user) AS pool_gate,"
+            " FALSE AS byok_ready, 0 AS byok_requests,"
+        )
+    else:
+        context += (
+            # The caller's own BYOK key for the provider: the organization's when the API key is one's.
+            f" FALSE AS pool_gate, EXISTS (SELECT 1 FROM ({q.fragment(f.byok_keys)}) b"
+            " WHERE b.b_provider = t.t_provider"
+            " AND CASE WHEN c.c_org IS NULL THEN b.b_user = c.c_user ELSE b.b_org = c.c_org END) AS byok_ready,"
+            " COALESCE(CASE WHEN c.c_org IS NULL"
+            " THEN (SELECT u.requests FROM billing_byokmonthlyusage u WHERE u.user_id = c.c_user AND u.month = a.month)"
+            " ELSE (SELECT u.requests FROM billing_byokmonthlyusage u"
+            " WHERE u.organization_id = c.c_org AND u.month = a.month) END, 0) AS byok_requests,"
+        )
+    context += (
         f" ({q.fragment(f.global_rate)}) AS global_rate"
         f" FROM asks a JOIN ({q.fragment(f.callers)}) c ON c.c_hash = a.raw_hash"
         f" LEFT JOIN ({q.fragment(f.targets)}) t ON t.t_slug = a.slug AND t.t_name = a.model"
@@ -533,7 +542,7 @@ _NOT_PICKED = Picked(key=None, candidates=0)
 
 
 @lru_cache(maxsize=8)
-def _begin_pg_sql(fee_percent: Decimal) -> Sql:
+def _begin_pg_sql(fee_percent: Decimal, pool: bool) -> Sql:
     """The first hop of a batch of requests, in one statement: their plans; then their holds, in the
     order of the payers' accounts; then their picks, in the order of the providers (locks are taken in
     one order, so two batches never wait on each other in a cycle), each provider's in request order.
@@ -541,22 +550,22 @@ def _begin_pg_sql(fee_percent: Decimal) -> Sql:
     f = _fragments()
     q = Sql()
     # Written in order: the placeholders' values are laid out in the order they appear.
-    text = f"WITH {_asks_of_json(q)}, {_plan_ctes(f, q, fee_percent=fee_percent)},"
+    text = f"WITH {_asks_of_json(q)}, {_plan_ctes(f, q, fee_percent=fee_percent, pool=pool)},"
     text += (
         " holds AS MATERIALIZED (SELECT o.n, CASE WHEN o.refusal IS NULL AND o.hold_amount > 0"
         " THEN pool_hold_take(o.account_id, o.hold_amount, o.request_id || ':' || o.route) END AS held"
         " FROM (SELECT * FROM plan ORDER BY account_id, n) o),"
         " picks AS MATERIALIZED (SELECT o.n, pool_key_take(o.t_provider, o.ids, o.request_id) AS key_id,"
-        " cardinality(o.ids) AS candidates FROM (SELECT p.n, p.t_provider, p.request_id, CASE"
+        " cardinality(o.ids) AS candidates FROM (SELECT p.n, p.t_provider, p.request_id,"
     )
-    for route, include_exchange, when in (
-        (Route.POOL, False, f"p.route = '{Route.POOL}'"),
-        (Route.BYOK, False, f"p.route = '{Route.BYOK}'"),
-        (Route.PLATFORM, True, "p.include_exchange"),
-    ):
-        cands = _candidates(f, q, route=route, include_exchange=include_exchange, of_plan=True)
-        text += f" WHEN {when} THEN ARRAY({cands})"
-    text += f" ELSE ARRAY({_candidates(f, q, route=Route.PLATFORM, include_exchange=False, of_plan=True)}) END"
+    if pool:
+        text += f" ARRAY({_candidates(f, q, route=Route.POOL, include_exchange=False, of_plan=True)})"
+    else:
+        byok = _candidates(f, q, route=Route.BYOK, include_exchange=False, of_plan=True)
+        with_exchange = _candidates(f, q, route=Route.PLATFORM, include_exchange=True, of_plan=True)
+        platform = _candidates(f, q, route=Route.PLATFORM, include_exchange=False, of_plan=True)
+        text += (f" CASE WHEN p.route = '{Route.BYOK}' THEN ARRAY({byok})"
+                 f" WHEN p.include_exchange THEN ARRAY({with_exchange}) ELSE ARRAY({platform}) END")
     text += (
         " AS ids FROM plan p JOIN holds h ON h.n = p.n WHERE p.refusal IS NULL AND (p.hold_amount = 0 OR h.held)"
         " ORDER BY p.t_provider, p.n) o)"
@@ -573,17 +582,17 @@ def _begin_pg_sql(fee_percent: Decimal) -> Sql:
 
 
 @lru_cache(maxsize=8)
-def _plan_sql(fee_percent: Decimal) -> Sql:
+def _plan_sql(fee_percent: Decimal, pool: bool) -> Sql:
     q = Sql()
     asks = _asks_of_values(q)
-    plan = _plan_ctes(_fragments(), q, fee_percent=fee_percent)
+    plan = _plan_ctes(_fragments(), q, fee_percent=fee_percent, pool=pool)
     q.text = f"WITH {asks}, {plan} SELECT {', '.join(PLAN_COLUMNS)} FROM plan"
     return q
 
 
 def _begin_sqlite(*, ask: Ask, request_id: str, now: datetime) -> Begun:
     f = _fragments()
-    plan_sql = _plan_sql(_fee_percent())
+    plan_sql = _plan_sql(_fee_percent(), ask.pool)
     with transaction.atomic(), connection.cursor() as cursor:
         _sqlite_execute(cursor, plan_sql.text, plan_sql.params(_ask_values(ask, request_id=request_id)))
         row = cursor.fetchone()
@@ -618,15 +627,19 @@ def _json(rows: list[dict]) -> str:
 
 
 async def _begin_pg_batch(items: list[tuple[Ask, str]]) -> list[Begun]:
-    q = _begin_pg_sql(_fee_percent())
-    asks = _json([_ask_values(ask, n=n, request_id=request_id) for n, (ask, request_id) in enumerate(items)])
-    rows = await pg_fetchall(q.pg, q.params({"asks": asks}), durable=False)
+    """One statement for the batch's pool requests and one for the others (either may be empty)."""
     width = len(PLAN_COLUMNS)
     found = {}
-    for row in rows:
-        plan = _plan_row(row[1:width + 1])
-        held, candidates = row[width + 1], row[width + 2]
-        found[row[0]] = Begun(plan=plan, held=bool(held), picked=_picked(candidates, list(row[width + 3:])))
+    for pool in (True, False):
+        asks = [_ask_values(ask, n=n, request_id=request_id) for n, (ask, request_id) in enumerate(items)
+                if ask.pool is pool]
+        if not asks:
+            continue
+        q = _begin_pg_sql(_fee_percent(), pool)
+        for row in await pg_fetchall(q.pg, q.params({"asks": _json(asks)}), durable=False):
+            plan = _plan_row(row[1:width + 1])
+            held, candidates = row[width + 1], row[width + 2]
+            found[row[0]] = Begun(plan=plan, held=bool(held), picked=_picked(candidates, list(row[width + 3:])))
     return [found.get(n, Begun(plan=None, held=False, picked=_NOT_PICKED)) for n in range(len(items))]
 
 
@@ -645,7 +658,7 @@ async def begin(*, ask: Ask, request_id: str, now: datetime) -> Begun:
 async def plan_read(*, ask: Ask) -> PlanRow | None:
     """The plan alone (no hold, no pick): who is calling, for the endpoints that route nothing."""
     await _fragments_ready()
-    q = _plan_sql(_fee_percent())
+    q = _plan_sql(_fee_percent(), ask.pool)
     params = q.params(_ask_values(ask))
     if is_postgres():
         row = await pg_fetchone(q.pg, params, durable=False)
