@@ -31,14 +31,27 @@ class Batcher:
         self._draining = False
 
     async def submit(self, item):
-        """The item's result, once the batch it went in has committed. Cancelling the caller does not
-        take the item back: it runs (and commits) with its batch all the same."""
-        future = asyncio.get_running_loop().create_future()
-        self._waiting.append((item, future))
-        if not self._draining:
-            self._draining = True
-            asyncio.get_running_loop().create_task(self._drain())
-        return await asyncio.shield(future)
+        """The item's result, once the batch it went in has committed.
+
+        With no statement in flight the item runs at once, alone, in the caller's own task (as if there
+        were no batcher: nothing to hand over, nothing to wait for). Otherwise it waits for the next
+        batch, which a drain task runs; cancelling the caller then does not take the item back: it runs
+        (and commits) with its batch all the same.
+        """
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        if self._draining:
+            self._waiting.append((item, future))
+            return await asyncio.shield(future)
+        self._draining = True
+        try:
+            await self._run_batch([(item, future)])
+        finally:
+            if self._waiting:
+                loop.create_task(self._drain())  # what arrived meanwhile goes on without this caller
+            else:
+                self._draining = False
+        return future.result()
 
     async def _drain(self) -> None:
         try:

@@ -17,7 +17,6 @@ usage → settle exactly once (shielded from cancellation) → send the receipt.
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import secrets
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import aiohttp
+import orjson
 from django.conf import settings
 from django.utils import timezone
 
@@ -185,7 +185,7 @@ async def _read_json(receive, headers: dict[str, str]) -> dict:
         if not message.get("more_body", False):
             break
     try:
-        payload = json.loads(b"".join(chunks))
+        payload = orjson.loads(b"".join(chunks))
     except (ValueError, UnicodeDecodeError):
         raise bad_request(errors.MALFORMED_JSON, code="invalid_json") from None
     if not isinstance(payload, dict):
@@ -265,7 +265,7 @@ async def _begin(
         stream=stream,
         client_wants_usage=wants_usage,
         upstream_path=path,
-        upstream_body=json.dumps(body, separators=(",", ":")).encode(),
+        upstream_body=orjson.dumps(body),
         prompt_estimate=prompt_estimate,
         platform_only=platform_only,
     )
@@ -520,7 +520,7 @@ def _receipt_headers(call: Call, key: PickedKey) -> list[tuple[bytes, bytes]]:
 async def relay_json(call: Call, key: PickedKey, response, first: bytes, ttfb_ms: int, send) -> None:
     try:
         raw = first + await response.read()
-        data = json.loads(raw)
+        data = orjson.loads(raw)
     except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
         data = None
     usage = _usage_from(data.get("usage")) if isinstance(data, dict) else None
@@ -649,7 +649,7 @@ def _inspect(event: bytes, state: StreamState, call: Call) -> bytes | None:
         state.saw_done = True
         return None  # sent after settlement, behind the receipt
     try:
-        payload = json.loads(data)
+        payload = orjson.loads(data)
     except ValueError:
         return event + b"\n\n"
     if not isinstance(payload, dict):
@@ -677,7 +677,7 @@ def _inspect(event: bytes, state: StreamState, call: Call) -> bytes | None:
 
 
 async def _send_json(send, status: int, body: dict, *, extra: dict | None = None, extra_raw=None) -> None:
-    data = json.dumps(body, separators=(",", ":")).encode()
+    data = orjson.dumps(body)
     headers = list(JSON_HEADERS) + [(b"content-length", str(len(data)).encode())]
     for name, value in (extra or {}).items():
         headers.append((name.encode(), value.encode()))

@@ -61,13 +61,13 @@ Statement texts depend only on the shape of a request (which steps it needs),
 so each is built once and kept; an execution only lays out its values.
 """
 
-import json
 import re
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from functools import lru_cache
 
+import orjson
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F, QuerySet
@@ -615,15 +615,22 @@ def _begin_sqlite(*, ask: Ask, request_id: str, now: datetime) -> Begun:
 
 
 def _json_value(value):
-    if isinstance(value, (datetime, date)):
-        return value.isoformat()
     if isinstance(value, Decimal):
         return str(value)
     raise TypeError(f"not JSON: {type(value).__name__}")
 
 
+def _pg_array(values) -> str:
+    """A PostgreSQL array literal of numbers, dates or plain words (cast in the statement), in order:
+    cheaper to pass than a list psycopg would adapt element by element."""
+    items = sorted(str(v) for v in values)
+    assert all(item.replace("_", "").replace("-", "").isalnum() for item in items)
+    return "{" + ",".join(items) + "}"
+
+
 def _json(rows: list[dict]) -> str:
-    return json.dumps(rows, default=_json_value, separators=(",", ":"))
+    """Rows as JSON for json_to_recordset (dates and times in ISO 8601, decimals as strings)."""
+    return orjson.dumps(rows, default=_json_value).decode()
 
 
 async def _begin_pg_batch(items: list[tuple[Ask, str]]) -> list[Begun]:
@@ -929,31 +936,39 @@ def _settle_json(s: SettleSpec) -> dict:
 
 SETTLE_PG = (
     "SELECT * FROM pool_settle(CAST($1 AS json), CAST($2 AS bigint[]), CAST($3 AS text[]), CAST($4 AS bigint[]),"
-    " CAST($5 AS bigint[]), CAST($6 AS bigint[]), CAST($7 AS date[]))"
+    " CAST($5 AS bigint[]), CAST($6 AS bigint[]), CAST($7 AS date[]), CAST($8 AS boolean))"
 )
 
 
 async def _settle_pg_batch(specs: list[SettleSpec]) -> list[Settled]:
-    from psycopg.errors import DeadlockDetected, NotNullViolation
+    from psycopg.errors import CheckViolation, DeadlockDetected, NotNullViolation
 
     rows = [_settle_json(s) for s in specs]
-    # What the batch moves that other requests move too, for pool_settle to lock first, in one order.
-    accounts = sorted({a for r in rows for a in (r["payer"], r.get("credit_account")) if a})
-    platform = sorted({Account.Kind.REVENUE for r in rows if r["charge"] or r["fee"]}
-                      | {r["credit_source"] for r in rows if r.get("credit_source")})
-    # Key and BYOK month counters only when the batch moves more than one of a kind: a single one is
-    # locked where it is written, which is after the accounts all the same.
-    keys = sorted({r["key_id"] for r in rows if r["stats"]})
-    keys = keys if len(keys) > 1 else []
+    # The accounts the batch moves, for pool_settle to lock before it reads them when asked to.
+    accounts = {a for r in rows for a in (r["payer"], r.get("credit_account")) if a}
+    platform = ({Account.Kind.REVENUE for r in rows if r["charge"] or r["fee"]}
+                | {r["credit_source"] for r in rows if r.get("credit_source")})
+    # The counters it moves, locked first in one order, but only when it moves more than one of a kind:
+    # a single one is locked where it is written, which is before any account all the same.
+    keys = {r["key_id"] for r in rows if r["stats"]}
     counted = {(r["byok_user"], r["byok_org"], r["month"]) for r in rows if r["byok_user"] or r["byok_org"]}
-    byok_users = sorted({user for user, _, _ in counted if user}) if len(counted) > 1 else []
-    byok_orgs = sorted({org for _, org, _ in counted if org}) if len(counted) > 1 else []
-    months = sorted({month for _, _, month in counted})
-    params = [_json(rows), accounts, platform, keys, byok_users, byok_orgs, months]
+    several = len(counted) > 1
+    params = [
+        _json(rows), _pg_array(accounts), _pg_array(platform), _pg_array(keys if len(keys) > 1 else ()),
+        _pg_array({user for user, _, _ in counted if user} if several else ()),
+        _pg_array({org for _, org, _ in counted if org} if several else ()),
+        _pg_array({month.isoformat() for _, _, month in counted}), False,
+    ]
     for attempt in range(SETTLE_ATTEMPTS):
         try:
             rows = await pg_fetchall(SETTLE_PG, params)
             break
+        except CheckViolation:
+            # A concurrent debit left a payer less than what the batch charged from the balance it read:
+            # nothing was written; settle again with the accounts locked before they are read.
+            if params[-1]:
+                raise
+            params[-1] = True
         except DeadlockDetected:
             # Against a writer that locks the same rows in another order; nothing was written.
             if attempt == SETTLE_ATTEMPTS - 1:

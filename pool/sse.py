@@ -6,7 +6,7 @@ while only peeking at its `data:` payload (usage, content counts). Framing is
 the one thing needed: events end at a blank line (LF LF, or CR LF CR LF).
 """
 
-import json
+import orjson
 
 DONE = b"[DONE]"
 
@@ -35,5 +35,5 @@ def event_data(event: bytes) -> bytes | None:
 
 
 def encode(payload: dict | bytes) -> bytes:
-    data = payload if isinstance(payload, bytes) else json.dumps(payload, separators=(",", ":")).encode()
+    data = payload if isinstance(payload, bytes) else orjson.dumps(payload)
     return b"data: " + data + b"\n\n"

@@ -117,7 +117,7 @@ $$;
 SETTLE = """
 CREATE OR REPLACE FUNCTION pool_settle(
     p_batch json, p_accounts bigint[], p_platform text[], p_keys bigint[], p_byok_users bigint[],
-    p_byok_orgs bigint[], p_months date[]
+    p_byok_orgs bigint[], p_months date[], p_lock_first boolean
 )
 RETURNS TABLE(out_request_id text, out_inserted boolean, out_charged bigint, out_fee bigint)
 LANGUAGE plpgsql VOLATILE AS $$
@@ -125,32 +125,26 @@ DECLARE
     s record;
     r record;
     v_kinds text[] := ARRAY['revenue', 'pool_rewards', 'exchange_payouts'];
-    v_platform bigint[] := ARRAY[NULL, NULL, NULL]::bigint[];  -- those accounts' ids, when moved
-    v_moved bigint[] := ARRAY[0, 0, 0];  -- what the batch moves on each of them
-    v_source integer;
+    v_platform bigint[];  -- those accounts' ids, in that order
+    -- Every account the batch moves, with what it moves; the payers' balances as the batch leaves them.
+    v_ids bigint[] := ARRAY[]::bigint[];
+    v_delta bigint[] := ARRAY[]::bigint[];
+    v_held bigint[] := ARRAY[]::bigint[];
+    v_left bigint[] := ARRAY[]::bigint[];  -- NULL until the account is read (it is read as a payer)
+    v_i integer;
+    v_j integer;
     v_balance bigint;
     v_count bigint;
     v_fee_due bigint;
     v_charged bigint;
     v_fee bigint;
+    v_released bigint;
     v_credit_txn bigint;
     v_touched bigint[] := ARRAY[]::bigint[];
 BEGIN
-    -- Lock what other requests move too, in one order: accounts (payers, credited owners, the
-    -- platform accounts this batch moves) by id; then key counters by key, and BYOK month counters
-    -- of users, then of organizations, by id (the caller lists those only when the batch has more
-    -- than one: a single row is locked where it is written, after the accounts, in order all the same).
-    FOR r IN
-        SELECT a.id, a.kind, a.user_id IS NULL AND a.organization_id IS NULL AS platform FROM billing_account a
-        WHERE a.id = ANY (p_accounts || ARRAY(
-            SELECT b.id FROM billing_account b
-            WHERE b.kind = ANY (p_platform) AND b.user_id IS NULL AND b.organization_id IS NULL))
-        ORDER BY a.id FOR UPDATE
-    LOOP
-        IF r.platform THEN
-            v_platform[array_position(v_kinds, r.kind::text)] := r.id;
-        END IF;
-    END LOOP;
+    -- Counters other settlements move too, locked first in one order: key counters by key, then BYOK
+    -- month counters of users, then of organizations, by id (the caller lists them only when the batch
+    -- moves more than one of a kind: a single one is locked where it is written, before any account).
     IF cardinality(p_keys) > 0 THEN
         PERFORM 1 FROM keys_providerkeystats k WHERE k.key_id = ANY (p_keys) ORDER BY k.key_id FOR UPDATE;
     END IF;
@@ -162,6 +156,24 @@ BEGIN
         PERFORM 1 FROM billing_byokmonthlyusage u
         WHERE u.organization_id = ANY (p_byok_orgs) AND u.month = ANY (p_months) ORDER BY u.id FOR UPDATE;
     END IF;
+    v_platform := ARRAY[
+        (SELECT a.id FROM billing_account a WHERE a.kind = 'revenue' AND a.user_id IS NULL AND a.organization_id IS NULL),
+        (SELECT a.id FROM billing_account a
+         WHERE a.kind = 'pool_rewards' AND a.user_id IS NULL AND a.organization_id IS NULL),
+        (SELECT a.id FROM billing_account a
+         WHERE a.kind = 'exchange_payouts' AND a.user_id IS NULL AND a.organization_id IS NULL)
+    ];
+    -- Accounts are moved once each, at the end, so that their rows (a payer's is also wanted by the
+    -- holds of its next requests) are locked only from there to the commit. A payer's balance is read
+    -- when first needed, unlocked; should a concurrent debit leave less than the charges taken from
+    -- what was read, the not-below-zero CHECK refuses the batch and the caller settles it again with
+    -- the accounts locked first (p_lock_first), so that what is read is what is charged.
+    IF p_lock_first THEN
+        PERFORM 1 FROM billing_account a
+        WHERE a.id = ANY (p_accounts || ARRAY(SELECT b.id FROM billing_account b WHERE b.id = ANY (v_platform)
+                                              AND b.kind = ANY (p_platform)))
+        ORDER BY a.id FOR UPDATE;
+    END IF;
 
     FOR s IN SELECT * FROM json_to_recordset(p_batch) AS x(SETTLEMENT_FIELDS) LOOP
         out_request_id := s.request_id;
@@ -172,8 +184,19 @@ BEGIN
             CONTINUE;
         END IF;
         v_balance := 0;
+        v_i := NULL;
         IF s.payer IS NOT NULL THEN
-            SELECT a.balance INTO v_balance FROM billing_account a WHERE a.id = s.payer;
+            v_i := array_position(v_ids, s.payer);
+            IF v_i IS NULL THEN
+                v_ids := v_ids || s.payer; v_delta := v_delta || 0::bigint; v_held := v_held || 0::bigint;
+                v_left := v_left || NULL::bigint;
+                v_i := cardinality(v_ids);
+            END IF;
+            IF v_left[v_i] IS NULL THEN
+                SELECT a.balance + v_delta[v_i] INTO v_balance FROM billing_account a WHERE a.id = s.payer;
+                v_left[v_i] := v_balance;
+            END IF;
+            v_balance := v_left[v_i];
         END IF;
         v_fee_due := 0;
         IF s.byok_org IS NOT NULL THEN
@@ -201,14 +224,13 @@ BEGIN
             s.provider_id, s.model, s.provider_key_id, s.stream, s.outcome, s.upstream_status, s.error_code,
             s.prompt_tokens, s.completion_tokens, s.usage_estimated, s.input_price, s.output_price, s.cost,
             s.reward, s.payout_rate, s.latency_ms, s.ttfb_ms, v_charged + v_fee, v_fee, now());
-        IF s.payer IS NOT NULL THEN
-            -- The holds are released (deleted) and the payer pays, in one statement.
+        IF v_i IS NOT NULL THEN
             WITH released AS (
                 DELETE FROM billing_balancehold h WHERE h.request_id = ANY (s.hold_ids) RETURNING h.amount
-            )
-            UPDATE billing_account SET balance = balance - v_charged - v_fee,
-                held = held - COALESCE((SELECT SUM(amount) FROM released), 0)
-            WHERE id = s.payer;
+            ) SELECT COALESCE(SUM(amount), 0) INTO v_released FROM released;
+            v_left[v_i] := v_left[v_i] - v_charged - v_fee;
+            v_delta[v_i] := v_delta[v_i] - v_charged - v_fee;
+            v_held[v_i] := v_held[v_i] - v_released;
         END IF;
         IF v_charged > 0 THEN
             PERFORM pool_ledger_post(s.charge_key, 'usage', s.charge_memo, s.payer, v_platform[1], v_charged);
@@ -216,14 +238,35 @@ BEGIN
         IF v_fee > 0 THEN
             PERFORM pool_ledger_post(s.fee_key, 'byok_fee', s.fee_memo, s.payer, v_platform[1], v_fee);
         END IF;
-        v_moved[1] := v_moved[1] + v_charged + v_fee;
         v_credit_txn := NULL;
         IF s.credit IS NOT NULL THEN
-            v_source := array_position(v_kinds, s.credit_source);
-            v_credit_txn := pool_ledger_post(s.credit_key, s.credit_kind, s.credit_memo, v_platform[v_source],
+            v_j := array_position(v_kinds, s.credit_source);
+            v_credit_txn := pool_ledger_post(s.credit_key, s.credit_kind, s.credit_memo, v_platform[v_j],
                                              s.credit_account, s.credit);
-            UPDATE billing_account SET balance = balance + s.credit WHERE id = s.credit_account;
-            v_moved[v_source] := v_moved[v_source] - s.credit;
+            v_i := array_position(v_ids, s.credit_account);
+            IF v_i IS NULL THEN
+                v_ids := v_ids || s.credit_account; v_delta := v_delta || 0::bigint;
+                v_held := v_held || 0::bigint; v_left := v_left || NULL::bigint;
+                v_i := cardinality(v_ids);
+            END IF;
+            v_delta[v_i] := v_delta[v_i] + s.credit;
+            v_left[v_i] := v_left[v_i] + s.credit;  -- stays NULL until read as a payer
+            v_i := array_position(v_ids, v_platform[v_j]);
+            IF v_i IS NULL THEN
+                v_ids := v_ids || v_platform[v_j]; v_delta := v_delta || 0::bigint;
+                v_held := v_held || 0::bigint; v_left := v_left || NULL::bigint;
+                v_i := cardinality(v_ids);
+            END IF;
+            v_delta[v_i] := v_delta[v_i] - s.credit;
+        END IF;
+        IF v_charged + v_fee > 0 THEN
+            v_i := array_position(v_ids, v_platform[1]);
+            IF v_i IS NULL THEN
+                v_ids := v_ids || v_platform[1]; v_delta := v_delta || 0::bigint;
+                v_held := v_held || 0::bigint; v_left := v_left || NULL::bigint;
+                v_i := cardinality(v_ids);
+            END IF;
+            v_delta[v_i] := v_delta[v_i] + v_charged + v_fee;
         END IF;
         IF s.earning THEN
             INSERT INTO exchange_exchangeearning (provider_key_id, account_id, request_id, settled_cost,
@@ -249,9 +292,11 @@ BEGIN
         RETURN NEXT;
     END LOOP;
 
-    FOR i IN 1..3 LOOP
-        IF v_moved[i] <> 0 THEN
-            UPDATE billing_account SET balance = balance + v_moved[i] WHERE id = v_platform[i];
+    -- The accounts move last, once each, in id order (every writer of accounts locks them in that order).
+    FOR r IN SELECT u.id, u.delta, u.held FROM unnest(v_ids, v_delta, v_held) AS u(id, delta, held) ORDER BY u.id
+    LOOP
+        IF r.delta <> 0 OR r.held <> 0 THEN
+            UPDATE billing_account SET balance = balance + r.delta, held = held + r.held WHERE id = r.id;
         END IF;
     END LOOP;
     IF cardinality(v_touched) > 0 THEN
@@ -264,7 +309,7 @@ $$;
 """.replace("SETTLEMENT_FIELDS", SETTLEMENT_FIELDS)
 
 DROP_SQL = """
-DROP FUNCTION IF EXISTS pool_settle(json, bigint[], text[], bigint[], bigint[], bigint[], date[]);
+DROP FUNCTION IF EXISTS pool_settle(json, bigint[], text[], bigint[], bigint[], bigint[], date[], boolean);
 DROP FUNCTION IF EXISTS pool_ledger_post(text, text, text, bigint, bigint, bigint);
 DROP FUNCTION IF EXISTS pool_key_take(bigint, bigint[], text);
 DROP FUNCTION IF EXISTS pool_hold_take(bigint, bigint, text);

@@ -79,3 +79,46 @@ def test_concurrent_requests_never_reserve_more_than_the_balance(world):
     assert not BalanceHold.objects.exists()  # each released with its request
     assert_ledger_clean()
 
+
+
+def test_a_burst_of_every_route_at_once_settles_each_request_as_if_alone(world):
+    """Requests of different routes and members that share the gateway's statements (pool, BYOK,
+    platform, exchange) each land exactly as they would one by one."""
+    from decimal import Decimal
+
+    from billing.money import percent_of
+    from exchange.selectors import payout_rate_resolve
+    from tests.pool.conftest import MODEL
+    from tests.pool.helpers import frozen
+
+    pooler, donor, byok_user, payer, seller = (world.member() for _ in range(5))
+    world.key(owner=pooler.user, donate_to_pool=True)  # opens the pool to them
+    world.key(owner=donor.user, donate_to_pool=True)
+    world.key(owner=byok_user.user, byok=True)
+    world.key()  # a platform key
+    world.key(owner=seller.user, exchange=True)
+    n = 6
+
+    async def everyone():
+        return await asyncio.gather(
+            _burst(pooler.api_key, world.url, POOL_MODEL_ID, n),
+            _burst(byok_user.api_key, world.url, f"{PROVIDER}/{MODEL}", n),
+            _burst(payer.api_key, world.url, f"{PROVIDER}/{MODEL}", n),
+        )
+
+    results = [r for burst in asyncio.run(everyone()) for r in burst]
+
+    assert [r for r in results if isinstance(r, Exception)] == []
+    routes = Counter(RequestRecord.objects.values_list("requester_id", "route"))
+    assert routes[(pooler.user.pk, "pool")] == n
+    assert routes[(byok_user.user.pk, "byok")] == n
+    assert routes[(payer.user.pk, "platform")] + routes[(payer.user.pk, "exchange")] == n
+    assert main(pooler.user) == SIGNUP and main(byok_user.user) == SIGNUP  # pool and BYOK: not charged
+    assert main(payer.user) == SIGNUP - n * COST
+    reward = percent_of(COST, Decimal(5))
+    assert main(donor.user) == SIGNUP + n * reward
+    rate = payout_rate_resolve(user=seller.user, provider=world.provider, task="chat").percent
+    assert frozen(seller.user) == routes[(payer.user.pk, "exchange")] * percent_of(COST, rate)
+    assert not ProviderKeyLease.objects.exists()
+    assert not BalanceHold.objects.exists()
+    assert_ledger_clean()

@@ -168,3 +168,93 @@ def test_a_charge_racing_a_concurrent_debit_is_capped_at_what_the_debit_left(use
     assert main(user) == 0
     assert RequestRecord.objects.get().charged == parse_usd("0.50")
     assert_ledger_clean()
+
+
+def _charge_only(user, key, *, request_id: str, completion_tokens: int):
+    """A platform settlement that charges `completion_tokens` × $2/M and holds nothing."""
+    return _settlement(user, key, "platform", completion_tokens=completion_tokens, request_id=request_id)
+
+
+async def _settled_or_error(settlement):
+    try:
+        return await request_settle(s=settlement)
+    except Exception as error:  # as asyncio.gather(return_exceptions=True) reports it
+        return error
+
+
+def _settle_together(settlements, monkeypatch) -> tuple[list, int]:
+    """Settle concurrently, the way requests finishing together are; returns the receipts (or errors)
+    and how many statements it took (on PostgreSQL requests waiting on one statement share the next)."""
+    from pool import sql
+
+    statements = []
+    real = sql.pg_fetchall
+
+    async def counted(*args, **kwargs):
+        statements.append(args[0])
+        return await real(*args, **kwargs)
+
+    async def together():
+        if not db.is_postgres():  # the embedded default settles one at a time (and the in-memory test
+            # database refuses a second writer at once rather than waiting for it)
+            return [await _settled_or_error(s) for s in settlements]
+        return await asyncio.gather(*(request_settle(s=s) for s in settlements), return_exceptions=True)
+
+    from billing.services import platform_account
+
+    for kind in sql.PLATFORM_KINDS:  # as after the first settlement of a deployment
+        platform_account(kind)
+    monkeypatch.setattr(sql, "pg_fetchall", counted)
+    receipts = run(together())
+    return receipts, len(statements)
+
+
+def test_settlements_sharing_a_statement_are_capped_in_turn(user, monkeypatch):
+    """Four $0.75 charges against $2.00: each takes what the ones before it left, to the nanodollar."""
+    key = _platform_key()
+    settlements = [_charge_only(user, key, request_id=f"req_{i}", completion_tokens=375_000) for i in range(4)]
+
+    receipts, statements = _settle_together(settlements, monkeypatch)
+
+    assert sorted(r.charged for r in receipts) == [0, parse_usd("0.50"), parse_usd("0.75"), parse_usd("0.75")]
+    assert all(r.cost == parse_usd("0.75") for r in receipts)
+    if db.is_postgres():
+        assert statements == 2  # the first alone, the three that waited on it together
+    assert main(user) == 0
+    assert platform(Account.Kind.REVENUE) == SIGNUP
+    assert sorted(RequestRecord.objects.values_list("charged", flat=True)) == sorted(r.charged for r in receipts)
+    key.stats.refresh_from_db()
+    assert key.stats.requests_served == 4
+    assert_ledger_clean()
+
+
+def test_the_same_request_twice_in_one_statement_is_settled_once(user, monkeypatch):
+    key = _platform_key()
+    first = _charge_only(user, key, request_id="req_a", completion_tokens=100_000)
+    twice = _charge_only(user, key, request_id="req_b", completion_tokens=200_000)
+
+    receipts, _ = _settle_together([first, twice, twice], monkeypatch)
+
+    assert receipts[1] == receipts[2] and receipts[1].charged == parse_usd("0.40")
+    assert RequestRecord.objects.count() == 2
+    assert main(user) == SIGNUP - parse_usd("0.60")
+    assert_ledger_clean()
+
+
+def test_a_settlement_the_database_refuses_fails_alone(user, monkeypatch):
+    """One bad request in a shared statement makes the statement fail as a whole; each of its requests
+    is then settled on its own, so only the bad one fails, and every other settles exactly once."""
+    from dataclasses import replace
+
+    key = _platform_key()
+    good = [_charge_only(user, key, request_id=f"req_{i}", completion_tokens=50_000) for i in range(3)]
+    bad = good[1]
+    bad = replace(bad, request_id="req_bad", usage=Usage(-1, 0))  # the record's CHECK refuses -1 tokens
+
+    receipts, _ = _settle_together([good[0], bad, good[1], good[2]], monkeypatch)
+
+    assert isinstance(receipts[1], Exception)
+    assert [r.charged for i, r in enumerate(receipts) if i != 1] == [parse_usd("0.10")] * 3
+    assert sorted(RequestRecord.objects.values_list("request_id", flat=True)) == ["req_0", "req_1", "req_2"]
+    assert main(user) == SIGNUP - parse_usd("0.30")
+    assert_ledger_clean()
