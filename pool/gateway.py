@@ -623,13 +623,17 @@ async def _pump(call: Call, response, first: bytes, state: StreamState, send) ->
                 await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
             if state.saw_done:
                 return Outcome.SUCCEEDED
+            idle = asyncio.timeout(keepalive)  # a timer, not a task per read as wait_for would make
             try:
-                chunk = await asyncio.wait_for(response.content.readany(), timeout=keepalive)
+                async with idle:
+                    chunk = await response.content.readany()
             except aiohttp.ClientError:
                 # Before the TimeoutError clause: aiohttp's read timeout is a TimeoutError too, and
                 # it means the provider went silent for good, not an idle gap.
                 raise
-            except asyncio.TimeoutError:
+            except TimeoutError:
+                if not idle.expired():
+                    raise
                 # Idle upstream: keep proxies and clients from timing the stream out.
                 await send({"type": "http.response.body", "body": b": keepalive\n\n", "more_body": True})
                 chunk = b""

@@ -106,7 +106,7 @@ def _ask(*, raw_hash: str, model: str, at: datetime, prompt_tokens: int = 0, max
 
 
 def _raw_hash(raw_key: str) -> str:
-    """The API key's hash (401 for what cannot be one), counted against its own rate limit (429)."""
+    """The API key's hash, as stored (401 for what cannot be an API key)."""
     if not API_KEY_PATTERN.fullmatch(raw_key):
         raise _unauthenticated()
     return api_key_hash(raw_key)

@@ -30,6 +30,8 @@ class EventSplitter:
 
 def event_data(event: bytes) -> bytes | None:
     """The joined `data:` lines of one event, or None for a comment/keep-alive-only event."""
+    if event.startswith(b"data: ") and b"\n" not in event:
+        return event[6:]  # the usual shape: one data line
     lines = [line[5:].lstrip(b" ") for line in event.split(b"\n") if line.startswith(b"data:")]
     return b"\n".join(lines) if lines else None
 

@@ -7,12 +7,14 @@ redirect could point anywhere); URLs come only from operator-set Provider rows.
 """
 
 import asyncio
+import functools
 import socket
 import weakref
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from django.conf import settings
+from yarl import URL
 
 from keys.upstream import address_is_public, private_upstreams_allowed
 
@@ -66,9 +68,15 @@ def session() -> aiohttp.ClientSession:
     return current
 
 
+@functools.lru_cache(maxsize=1024)
+def _url(url: str) -> URL:
+    """Parsed once per endpoint: a provider's base URL and path change only when an operator edits them."""
+    return URL(url)
+
+
 async def post(url: str, *, secret: str, body: bytes) -> aiohttp.ClientResponse:
     return await session().post(
-        url,
+        _url(url),
         data=body,
         headers={
             "Authorization": f"Bearer {secret}",
