@@ -3,10 +3,10 @@
 Why: on PostgreSQL most of what a request cost the database was fixed cost per statement and per
 transaction (a round trip, executor start-up, a commit and, for a settlement, a flush to disk), and
 concurrent requests of one payer queued on the payer's row. A `Batcher` runs one statement at a time
-for all the requests waiting on it (the statement's functions do each request's steps in turn, in
-order: pool/migrations/0004), so under load those costs are shared and requests of one process
-never wait on each other's rows; with a single request waiting it runs at once, alone, so nothing
-waits for a batch to fill.
+for all the requests waiting on it (its PL/pgSQL functions, in pool.sql, do each request's steps in
+turn, in order), so under load those costs are shared and requests of one process never wait on each
+other's rows; a request that finds no statement in flight runs at once, alone, so nothing waits for
+a batch to fill.
 
 Results go back to each request by position. If a batch fails as a whole, each of its requests runs
 again alone, so one request's error (a constraint it alone breaks) reaches only that request.

@@ -25,6 +25,27 @@ class Recorder:
         return [item * 10 for item in items]
 
 
+def _behind_one_in_flight(runner: Recorder, items, *, cancel: int | None = None) -> tuple:
+    """Submit 0 and, while its statement is held in flight, `items`; then let it finish. Returns the
+    first result and the others' results (or errors, or True for the one cancelled meanwhile)."""
+
+    async def scenario():
+        batcher = Batcher(runner, name="test")
+        runner.gate = asyncio.Event()
+        first = asyncio.ensure_future(batcher.submit(0))
+        await asyncio.sleep(0)  # the first one's statement is in flight
+        waiting = [asyncio.ensure_future(batcher.submit(n)) for n in items]
+        await asyncio.sleep(0)
+        if cancel is not None:
+            waiting[cancel].cancel()
+        runner.gate.set()
+        result = await first
+        await asyncio.sleep(0.01)  # the drain task runs what waited
+        return result, [w.cancelled() or w.exception() or w.result() for w in waiting]
+
+    return asyncio.run(scenario())
+
+
 def test_a_lone_request_runs_at_once_in_a_batch_of_its_own():
     runner = Recorder()
 
@@ -38,60 +59,25 @@ def test_a_lone_request_runs_at_once_in_a_batch_of_its_own():
 
 def test_requests_arriving_while_a_statement_is_in_flight_share_the_next_one_in_order():
     runner = Recorder()
-
-    async def scenario():
-        batcher = Batcher(runner, name="test")
-        runner.gate = asyncio.Event()
-        first = asyncio.ensure_future(batcher.submit(1))
-        await asyncio.sleep(0)  # the first one's statement is in flight
-        waiting = [asyncio.ensure_future(batcher.submit(n)) for n in (2, 3, 4)]
-        await asyncio.sleep(0)
-        runner.gate.set()
-        return await first, await asyncio.gather(*waiting)
-
-    assert asyncio.run(scenario()) == (10, [20, 30, 40])
-    assert runner.batches == [[1], [2, 3, 4]]
+    assert _behind_one_in_flight(runner, (2, 3, 4)) == (0, [20, 30, 40])
+    assert runner.batches == [[0], [2, 3, 4]]
 
 
 def test_a_batch_never_exceeds_its_limit():
     runner = Recorder()
-
-    async def scenario():
-        batcher = Batcher(runner, name="test")
-        runner.gate = asyncio.Event()
-        first = asyncio.ensure_future(batcher.submit(0))
-        await asyncio.sleep(0)
-        rest = [asyncio.ensure_future(batcher.submit(n)) for n in range(1, MAX_BATCH + 6)]
-        await asyncio.sleep(0)
-        runner.gate.set()
-        await first
-        return await asyncio.gather(*rest)
-
-    results = asyncio.run(scenario())
-    assert results == [n * 10 for n in range(1, MAX_BATCH + 6)]
+    first, rest = _behind_one_in_flight(runner, range(1, MAX_BATCH + 6))
+    assert rest == [n * 10 for n in range(1, MAX_BATCH + 6)]
     assert [len(b) for b in runner.batches] == [1, MAX_BATCH, 5]
 
 
 def test_one_bad_item_fails_alone_and_the_rest_of_its_batch_is_answered():
     runner = Recorder()
     runner.fail_on = {3}
-
-    async def scenario():
-        batcher = Batcher(runner, name="test")
-        runner.gate = asyncio.Event()
-        first = asyncio.ensure_future(batcher.submit(1))
-        await asyncio.sleep(0)
-        waiting = [asyncio.ensure_future(batcher.submit(n)) for n in (2, 3, 4)]
-        await asyncio.sleep(0)
-        runner.gate.set()
-        await first
-        return await asyncio.gather(*waiting, return_exceptions=True)
-
-    two, three, four = asyncio.run(scenario())
+    _, (two, three, four) = _behind_one_in_flight(runner, (2, 3, 4))
     assert (two, four) == (20, 40)
     assert isinstance(three, ValueError) and "bad item 3" in str(three)
     # the shared batch failed as a whole, then each of its items ran alone
-    assert runner.batches == [[1], [2, 3, 4], [2], [3], [4]]
+    assert runner.batches == [[0], [2, 3, 4], [2], [3], [4]]
 
 
 def test_a_lone_request_that_fails_gets_its_error():
@@ -110,19 +96,6 @@ def test_a_lone_request_that_fails_gets_its_error():
 def test_a_caller_cancelled_while_waiting_does_not_take_its_item_back():
     """Its item runs and commits with its batch (a settlement must not be lost to a cancellation)."""
     runner = Recorder()
-
-    async def scenario():
-        batcher = Batcher(runner, name="test")
-        runner.gate = asyncio.Event()
-        first = asyncio.ensure_future(batcher.submit(1))
-        await asyncio.sleep(0)
-        impatient = asyncio.ensure_future(batcher.submit(2))
-        await asyncio.sleep(0)
-        impatient.cancel()
-        runner.gate.set()
-        await first
-        await asyncio.sleep(0.01)  # the drain task runs the waiting batch
-        return impatient.cancelled()
-
-    assert asyncio.run(scenario()) is True
-    assert runner.batches == [[1], [2]]
+    _, (cancelled,) = _behind_one_in_flight(runner, (2,), cancel=0)
+    assert cancelled is True
+    assert runner.batches == [[0], [2]]
