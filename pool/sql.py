@@ -532,7 +532,7 @@ def hold_id(request_id: str, route: str) -> str:
 
 
 @dataclass(frozen=True)
-class Begun:
+class FirstHop:
     plan: PlanRow | None  # None: the API key is not valid
     held: bool  # the plan's hold_amount is reserved
     picked: Picked  # the first route's key (none when the plan refused or the hold failed)
@@ -590,28 +590,28 @@ def _plan_sql(fee_percent: Decimal, pool: bool) -> Sql:
     return q
 
 
-def _begin_sqlite(*, ask: Ask, request_id: str, now: datetime) -> Begun:
+def _begin_sqlite(*, ask: Ask, request_id: str, now: datetime) -> FirstHop:
     f = _fragments()
     plan_sql = _plan_sql(_fee_percent(), ask.pool)
     with transaction.atomic(), connection.cursor() as cursor:
         _sqlite_execute(cursor, plan_sql.text, plan_sql.params(_ask_values(ask, request_id=request_id)))
         row = cursor.fetchone()
         if row is None:
-            return Begun(plan=None, held=False, picked=_NOT_PICKED)
+            return FirstHop(plan=None, held=False, picked=_NOT_PICKED)
         plan = _plan_row(row)
         if plan.refusal is not None:
-            return Begun(plan=plan, held=False, picked=_NOT_PICKED)
+            return FirstHop(plan=plan, held=False, picked=_NOT_PICKED)
         if plan.hold_amount > 0:
             hold = Hold(account_id=plan.caller.account_id, amount=plan.hold_amount,
                         hold_id=hold_id(request_id, plan.route))
             if not _hold_sqlite(cursor, hold, now):
-                return Begun(plan=plan, held=False, picked=_NOT_PICKED)
+                return FirstHop(plan=plan, held=False, picked=_NOT_PICKED)
         q = Sql()
         cands = _candidates(f, q, route=plan.route, include_exchange=plan.include_exchange, of_plan=False)
         params = q.params({"provider": plan.provider_id, "user": plan.caller.user_id,
                            "org": plan.caller.organization_id})
         picked = _take_sqlite(cursor, cands, params, request_id=request_id, now=now)
-    return Begun(plan=plan, held=plan.hold_amount > 0, picked=picked)
+    return FirstHop(plan=plan, held=plan.hold_amount > 0, picked=picked)
 
 
 def _json_value(value):
@@ -633,7 +633,7 @@ def _json(rows: list[dict]) -> str:
     return orjson.dumps(rows, default=_json_value).decode()
 
 
-async def _begin_pg_batch(items: list[tuple[Ask, str]]) -> list[Begun]:
+async def _begin_pg_batch(items: list[tuple[Ask, str]]) -> list[FirstHop]:
     """One statement for the batch's pool requests and one for the others (either may be empty)."""
     width = len(PLAN_COLUMNS)
     found = {}
@@ -646,11 +646,11 @@ async def _begin_pg_batch(items: list[tuple[Ask, str]]) -> list[Begun]:
         for row in await pg_fetchall(q.pg, q.params({"asks": _json(asks)}), durable=False):
             plan = _plan_row(row[1:width + 1])
             held, candidates = row[width + 1], row[width + 2]
-            found[row[0]] = Begun(plan=plan, held=bool(held), picked=_picked(candidates, list(row[width + 3:])))
-    return [found.get(n, Begun(plan=None, held=False, picked=_NOT_PICKED)) for n in range(len(items))]
+            found[row[0]] = FirstHop(plan=plan, held=bool(held), picked=_picked(candidates, list(row[width + 3:])))
+    return [found.get(n, FirstHop(plan=None, held=False, picked=_NOT_PICKED)) for n in range(len(items))]
 
 
-async def begin(*, ask: Ask, request_id: str, now: datetime) -> Begun:
+async def begin(*, ask: Ask, request_id: str, now: datetime) -> FirstHop:
     """The first hop: plan, hold and pick, with the requests waiting alongside in one statement
     (PostgreSQL, pool.batch) or alone in one transaction (SQLite).
 
@@ -798,7 +798,7 @@ class Settled:
 
 def charge_and_fee(*, balance: int, charge: int, fee_due: int) -> tuple[int, int]:
     """What is taken: the charge, then the fee, each capped at what the balance still has.
-    (The PostgreSQL statement computes the same in SQL, in its `money` step.)"""
+    (pool_settle computes the same in PL/pgSQL, for each request in turn.)"""
     charged = min(charge, max(balance, 0))
     return charged, min(fee_due, max(balance - charged, 0))
 
@@ -817,7 +817,7 @@ def _platform_account_sql(kind: str) -> str:
 
 
 def _settle_sqlite(s: SettleSpec, now: datetime) -> Settled:
-    """The same steps as the PostgreSQL statement, as plain statements in one transaction."""
+    """The same steps as pool_settle, for one request, as plain statements in one transaction."""
     with transaction.atomic(), connection.cursor() as cursor:
         def run(sql, params=()):
             _sqlite_execute(cursor, sql, params)
