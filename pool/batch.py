@@ -29,6 +29,7 @@ class Batcher:
         self._name = name
         self._waiting: list[tuple[object, asyncio.Future]] = []
         self._draining = False
+        self._drainer: asyncio.Task | None = None  # held: the loop keeps only weak references to tasks
 
     async def submit(self, item):
         """The item's result, once the batch it went in has committed.
@@ -48,7 +49,7 @@ class Batcher:
             await self._run_batch([(item, future)])
         finally:
             if self._waiting:
-                loop.create_task(self._drain())  # what arrived meanwhile goes on without this caller
+                self._drainer = loop.create_task(self._drain())  # what arrived meanwhile goes on without it
             else:
                 self._draining = False
         return future.result()

@@ -41,8 +41,6 @@ class Target:
     model: str  # the provider's own name for it
     input_price: int
     output_price: int
-    pool: bool
-    pool_cleared: bool
 
 
 def routable_models() -> list[str]:

@@ -29,7 +29,6 @@ from billing.selectors import month_start
 from billing.services import account_for_owner, platform_account
 from exchange.selectors import payout_rate_resolve
 from keys.crypto import decrypt_secret
-from keys.models import Provider
 from pool import errors, sql
 from pool.db import db_call
 from pool.errors import GatewayError
@@ -176,8 +175,6 @@ async def request_begin(
         model=row.model,
         input_price=row.input_price,
         output_price=row.output_price,
-        pool=row.route == Route.POOL,
-        pool_cleared=row.pool_clearance == Provider.PoolClearance.CLEARED,
     )
     if row.route == Route.BYOK and caller.byok_fallback:
         routes = (Route.BYOK, Route.PLATFORM)

@@ -76,7 +76,7 @@ from accounts.models import ApiKey
 from billing.models import Account, LedgerTransaction
 from billing.money import percent_of_sql, token_cost_sql
 from exchange.models import PayoutRateRule
-from exchange.selectors import GLOBAL_RULE
+from exchange.selectors import GLOBAL_RULE, exchange_open_at
 from keys.models import Provider, ProviderKey, ProviderModel
 from keys.selectors import BYOK, IN_POOL, PLATFORM, PLATFORM_OR_EXCHANGE, ROUTABLE_MODEL
 from pool.batch import batcher
@@ -234,8 +234,7 @@ class Refusal:
 # The plan's columns, in the order of its SELECT and of PlanRow.
 PLAN_COLUMNS = (
     "c_id", "c_user", "c_org", "c_mode", "c_fallback", "c_limit", "c_used",
-    "t_provider", "t_slug", "t_base_url", "t_name", "t_in", "t_out", "t_clearance",
-    "account_id", "pool_gate", "byok_ready", "byok_requests", "global_rate",
+    "t_provider", "t_slug", "t_base_url", "t_name", "t_in", "t_out", "account_id",
     "route", "include_exchange", "worst_case", "hold_amount", "over_limit", "refusal",
 )
 
@@ -249,11 +248,6 @@ class PlanRow:
     model: str | None
     input_price: int | None
     output_price: int | None
-    pool_clearance: str | None
-    pool_gate_open: bool
-    byok_ready: bool
-    byok_requests: int  # this month's BYOK requests so far
-    global_rate: Decimal | None
     route: str  # the first route to try
     include_exchange: bool  # exchange keys may serve the platform route
     worst_case: int  # prompt estimate × input price + max tokens × output price
@@ -346,7 +340,6 @@ def _plan_row(row) -> PlanRow:
     last_used = values["c_used"]
     if last_used is not None and not is_postgres():  # SQLite: naive UTC, or its text form
         last_used = connection.ops.convert_datetimefield_value(last_used, None, connection)
-    rate = values["global_rate"]
     caller = Caller(
         api_key_id=values["c_id"], user_id=values["c_user"], organization_id=values["c_org"],
         key_pool_mode=values["c_mode"], byok_fallback=bool(values["c_fallback"]), monthly_limit=values["c_limit"],
@@ -355,11 +348,7 @@ def _plan_row(row) -> PlanRow:
     return PlanRow(
         caller=caller, provider_id=values["t_provider"], provider_slug=values["t_slug"],
         base_url=values["t_base_url"], model=values["t_name"], input_price=values["t_in"],
-        output_price=values["t_out"], pool_clearance=values["t_clearance"],
-        pool_gate_open=bool(values["pool_gate"]), byok_ready=bool(values["byok_ready"]),
-        byok_requests=values["byok_requests"],
-        global_rate=None if rate is None else Decimal(str(rate)).quantize(Decimal("0.01")),
-        route=values["route"], include_exchange=bool(values["include_exchange"]), worst_case=values["worst_case"],
+        output_price=values["t_out"], route=values["route"], include_exchange=bool(values["include_exchange"]), worst_case=values["worst_case"],
         hold_amount=values["hold_amount"], over_limit=bool(values["over_limit"]), refusal=values["refusal"],
     )
 
@@ -403,8 +392,6 @@ class Ask:
 
 
 def _ask_values(ask: Ask, *, n: int = 0, request_id: str = "") -> dict:
-    from exchange.selectors import exchange_open_at
-
     return {
         "n": n, "request_id": request_id, "raw_hash": ask.raw_hash, "slug": ask.slug, "model": ask.model,
         "is_pool": ask.pool, "platform_only": ask.platform_only, "prompt_tokens": ask.prompt_tokens,
@@ -943,18 +930,18 @@ SETTLE_PG = (
 async def _settle_pg_batch(specs: list[SettleSpec]) -> list[Settled]:
     from psycopg.errors import CheckViolation, DeadlockDetected, NotNullViolation
 
-    rows = [_settle_json(s) for s in specs]
+    batch = [_settle_json(s) for s in specs]
     # The accounts the batch moves, for pool_settle to lock before it reads them when asked to.
-    accounts = {a for r in rows for a in (r["payer"], r.get("credit_account")) if a}
-    platform = ({Account.Kind.REVENUE for r in rows if r["charge"] or r["fee"]}
-                | {r["credit_source"] for r in rows if r.get("credit_source")})
+    accounts = {a for r in batch for a in (r["payer"], r.get("credit_account")) if a}
+    platform = ({Account.Kind.REVENUE for r in batch if r["charge"] or r["fee"]}
+                | {r["credit_source"] for r in batch if r.get("credit_source")})
     # The counters it moves, locked first in one order, but only when it moves more than one of a kind:
     # a single one is locked where it is written, which is before any account all the same.
-    keys = {r["key_id"] for r in rows if r["stats"]}
-    counted = {(r["byok_user"], r["byok_org"], r["month"]) for r in rows if r["byok_user"] or r["byok_org"]}
+    keys = {r["key_id"] for r in batch if r["stats"]}
+    counted = {(r["byok_user"], r["byok_org"], r["month"]) for r in batch if r["byok_user"] or r["byok_org"]}
     several = len(counted) > 1
     params = [
-        _json(rows), _pg_array(accounts), _pg_array(platform), _pg_array(keys if len(keys) > 1 else ()),
+        _json(batch), _pg_array(accounts), _pg_array(platform), _pg_array(keys if len(keys) > 1 else ()),
         _pg_array({user for user, _, _ in counted if user} if several else ()),
         _pg_array({org for _, org, _ in counted if org} if several else ()),
         _pg_array({month.isoformat() for _, _, month in counted}), False,

@@ -51,8 +51,7 @@ def _caller(user) -> Caller:
 
 def _target(key: ProviderKey) -> Target:
     return Target(requested=f"{key.provider.slug}/m", provider_id=key.provider_id, provider_slug=key.provider.slug,
-                  base_url="http://127.0.0.1:9", model="m", input_price=parse_usd("1"), output_price=parse_usd("2"),
-                  pool=False, pool_cleared=False)
+                  base_url="http://127.0.0.1:9", model="m", input_price=parse_usd("1"), output_price=parse_usd("2"))
 
 
 def _settlement(user, key: ProviderKey, route: str, *, completion_tokens: int, request_id: str = "req_1"):
