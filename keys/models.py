@@ -171,7 +171,9 @@ class ProviderKey(ConcurrentTransitionMixin, models.Model):
     exchange = models.BooleanField(default=False, help_text="Listed on the exchange for pay-as-you-go traffic.")
     exchange_listed_at = models.DateTimeField(null=True, blank=True)
 
-    # The gateway's least-recently-used pick orders by (last_used_at NULLS FIRST, lru_seq, id).
+    # The gateway's least-recently-used pick orders by (lru_seq, id); lru_seq comes from one sequence, so
+    # it is strictly increasing across processes. Neither column is indexed: the pick rewrites them on
+    # every request, and with no index to update that write is a HOT update of the row alone.
     last_used_at = models.DateTimeField(null=True, blank=True)
     lru_seq = models.BigIntegerField(default=0)
 
@@ -208,7 +210,8 @@ class ProviderKey(ConcurrentTransitionMixin, models.Model):
             ),
         ]
         indexes = [
-            models.Index(fields=["provider", "status", "last_used_at", "lru_seq", "id"], name="provider_key_lru"),
+            # The candidates of a route: a provider's keys in one status (ordered by the pick itself).
+            models.Index(fields=["provider", "status"], name="provider_key_provider_status"),
             models.Index(fields=["status", "status_changed_at"], name="provider_key_status_age"),
         ]
 

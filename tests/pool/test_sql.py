@@ -126,6 +126,19 @@ def test_the_pick_takes_the_least_recently_used_key_and_leases_it_to_the_request
     assert none.key is None and not none.candidates
 
 
+def test_the_columns_the_pick_stamps_are_in_no_index():
+    # Every request's pick rewrites them; indexed, each stamp would also write an entry into every index
+    # of the key table, where unindexed it is an update of the row alone (PostgreSQL: heap-only).
+    from django.db import connection
+
+    stamped = {"lru_seq", "last_used_at"}
+    with connection.cursor() as cursor:
+        found = connection.introspection.get_constraints(cursor, ProviderKey._meta.db_table)
+    indexed = {name: set(c["columns"]) & stamped for name, c in found.items() if c["index"] or c["unique"]}
+    assert not any(indexed.values()), indexed
+    assert any(c["columns"] == ["provider_id", "status"] for c in found.values() if c["index"])
+
+
 @pytest.mark.postgres
 def test_a_charge_racing_a_concurrent_debit_is_capped_at_what_the_debit_left(user):
     """The settlement caps the charge at the balance its snapshot shows without locking the payer's row
