@@ -48,6 +48,7 @@ HOST = "127.0.0.1"
 DELAYS_MS = (0, 50)
 CHUNKS = 20
 LOADS = (("json", 1), ("json", 16), ("json", 64), ("stream", 16))  # (kind, concurrency)
+FLOOR_LOADS = (("json", 1), ("json", 16))  # the floor (bench/floor.py) answers non-streaming requests only
 MODEL_DIRECT = "tiny"
 MESSAGES = [{"role": "user", "content": "hello there world"}]
 MAX_TOKENS = 32
@@ -450,13 +451,12 @@ def request_body(model: str, stream: bool) -> bytes:
 
 
 def bench_target(name: str, api_key: str, endpoints: dict[int, tuple[str, str, int]], timing: Timing,
-                 database: str | None = None) -> list[Cell]:
+                 database: str | None = None, loads: tuple = LOADS) -> list[Cell]:
     """Every load against one target; `endpoints` maps the upstream delay to (URL, model, server pid)."""
     headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
     cells = []
-    for delay in DELAYS_MS:
-        url, model, pid = endpoints[delay]
-        for kind, concurrency in LOADS:
+    for delay, (url, model, pid) in endpoints.items():
+        for kind, concurrency in loads:
             cell = Cell(name, delay, kind, concurrency)
             asyncio_run(drive(cell, url, headers, request_body(model, kind == "stream"), timing, pid, database))
             print_cell(cell)
@@ -464,6 +464,22 @@ def bench_target(name: str, api_key: str, endpoints: dict[int, tuple[str, str, i
     for cell in cells:  # VmHWM is a lifetime peak: read once the target has served everything
         cell.peak_rss_mb = peak_rss_mb(endpoints[cell.delay_ms][2])
     return cells
+
+
+def start_floor(children: Children, database: str, fakes: dict) -> tuple[Child, str]:
+    """The floor (bench/floor.py) under uvicorn, like Headroom: same flags, same core, same database."""
+    port = free_port()
+    env = {**base_env(), "PYTHONPATH": str(ROOT), "FLOOR_DATABASE_URL": f"postgresql://postgres@{HOST}:5432/{database}",
+           "FLOOR_UPSTREAM": f"{fakes[0][0]}/v1/chat/completions", "FLOOR_UPSTREAM_KEY": FAKE_SECRET}
+    child = children.start(
+        "floor",
+        [str(PY), "-m", "uvicorn", "bench.floor:app", "--host", HOST, "--port", str(port),
+         "--workers", "1", "--lifespan", "on", "--no-access-log", "--log-level", "warning"],
+        env, core=0, stop_signal=signal.SIGINT,
+    )
+    url = f"http://{HOST}:{port}"
+    wait_ready(child, f"{url}/v1/models", timeout=60)
+    return child, url
 
 
 def print_cell(cell: Cell) -> None:
@@ -1035,7 +1051,7 @@ def targets_table(cells: list[Cell]) -> str:
     def verdict(ok: bool | None) -> str:
         return "–" if ok is None else ("met" if ok else "**missed**")
 
-    rows = ["| target (0 ms upstream) | goal | Headroom | verdict | LiteLLM |", "|---|---|---:|---|---:|"]
+    rows = ["| target (0 ms upstream) | goal | Headroom | verdict | LiteLLM | floor |", "|---|---|---:|---|---:|---:|"]
     checks = [
         ("added p50 at concurrency 1", f"≤ {TARGET_ADDED_P50_MS:g} ms", ("json", 1), "added_p50",
          lambda v: v <= TARGET_ADDED_P50_MS, lambda v: f"{v:+.1f} ms"),
@@ -1045,16 +1061,20 @@ def targets_table(cells: list[Cell]) -> str:
          lambda v: v >= TARGET_RPS_STREAM, lambda v: f"{v:.0f}"),
     ]
     for label, goal, (kind, conc), attr, ok, show in checks:
-        ours, peer = find("headroom", kind, conc), find("litellm", kind, conc)
+        ours = find("headroom", kind, conc)
         value = getattr(ours, attr) if ours else None
-        peer_value = getattr(peer, attr) if peer else None
+        others = []
+        for target in ("litellm", "floor"):
+            other = find(target, kind, conc)
+            other_value = getattr(other, attr) if other else None
+            others.append(show(other_value) if other_value is not None else "–")
         rows.append(f"| {label} | {goal} | {show(value) if value is not None else '–'} | "
-                    f"{verdict(ok(value) if value is not None else None)} | "
-                    f"{show(peer_value) if peer_value is not None else '–'} |")
+                    f"{verdict(ok(value) if value is not None else None)} | {' | '.join(others)} |")
     rss = max((c.peak_rss_mb for c in cells if c.target == "headroom" and c.peak_rss_mb), default=None)
     peer_rss = max((c.peak_rss_mb for c in cells if c.target == "litellm" and c.peak_rss_mb), default=None)
+    floor_rss = max((c.peak_rss_mb for c in cells if c.target == "floor" and c.peak_rss_mb), default=None)
     rows.append(f"| peak RSS of the worker | ≤ {TARGET_RSS_MB} MB | {fmt(rss, 0)} MB | "
-                f"{verdict(rss <= TARGET_RSS_MB if rss else None)} | {fmt(peer_rss, 0)} MB |")
+                f"{verdict(rss <= TARGET_RSS_MB if rss else None)} | {fmt(peer_rss, 0)} MB | {fmt(floor_rss, 0)} MB |")
     return "\n".join(rows)
 
 
@@ -1075,6 +1095,21 @@ def compare(cells: list[Cell]) -> str:
             f"non-streaming req/s at concurrency 16 ({h16.rps:.0f} vs {p16.rps:.0f}) and {hs.rps / ps.rps:.2f}× "
             f"its streaming req/s ({hs.rps:.0f} vs {ps.rps:.0f}), in {hr:.0f} MB against {pr:.0f} MB — and, "
             f"unlike LiteLLM here, settles every request in PostgreSQL before answering.")
+
+
+def floor_sentence(cells: list[Cell]) -> str:
+    """What the machine charges for the hot path's shape alone (bench/floor.py), and Headroom's work on top."""
+    def cell(target: str, concurrency: int) -> Cell | None:
+        return next((c for c in cells if (c.target, c.delay_ms, c.kind, c.concurrency) == (target, 0, "json", concurrency)),
+                    None)
+
+    floor1, ours1, floor16 = cell("floor", 1), cell("headroom", 1), cell("floor", 16)
+    if not (floor1 and ours1 and floor16 and floor1.added_p50 is not None and ours1.added_p50 is not None):
+        return ""
+    return (f"The floor (the same shape doing nothing else: two PostgreSQL round trips, one of them flushed to disk, "
+            f"and the upstream call) adds {floor1.added_p50:+.1f} ms at concurrency 1 on this machine and serves "
+            f"{floor16.rps:.0f} req/s at 16; Headroom's own work is the {ours1.added_p50 - floor1.added_p50:+.1f} ms "
+            "on top of it.")
 
 
 def machine() -> str:
@@ -1101,9 +1136,9 @@ def report(cells: list[Cell], notes: list[str], command: str, pinned: bool, vers
         "",
         targets_table(cells),
     ]
-    comparison = compare(cells)
-    if comparison:
-        parts += ["", comparison]
+    for sentence in (compare(cells), floor_sentence(cells)):
+        if sentence:
+            parts += ["", sentence]
     if notes:
         parts += ["", "Notes from this run:", ""] + [f"- {n}" for n in notes]
     return "\n".join(parts)
@@ -1244,6 +1279,14 @@ def main(argv: list[str] | None = None) -> int:
                     d: (f"{url}/v1/chat/completions", f"tiny-{d}ms", proxy.proc.pid) for d in DELAYS_MS
                 }, timing)
                 children.stop(proxy)
+
+        print("starting the floor (bench/floor.py: the shape of Headroom's hot path, doing nothing else) ...",
+              flush=True)
+        floor, url = start_floor(children, database, fakes)
+        logs["floor"] = floor.log
+        cells += bench_target("floor", "-", {0: (f"{url}/v1/chat/completions", MODEL_DIRECT, floor.proc.pid)},
+                              timing, database, loads=FLOOR_LOADS)
+        children.stop(floor)
 
         print("starting Headroom (uvicorn config.asgi:application, one worker) ...", flush=True)
         server, url = start_headroom(children, env, api_key)
