@@ -1,14 +1,17 @@
 """How the gateway reaches the database without blocking its event loop.
 
-PostgreSQL: the hot path's statements (pool.sql) run on psycopg's
-AsyncConnectionPool, on the event loop itself: no thread hand-off per phase,
-which PERFORMANCE.md measured at a large share of the per-request budget. One
-pool per event loop (a pool belongs to the loop it was opened on), opened on
-first use from Django's own connection settings, in autocommit: each phase is
-one statement (shared by a batch of requests: pool.batch) and commits on its
-own. Statements are prepared on the server
-after a few uses (HEADROOM_DB_PREPARE_THRESHOLD; -1 behind a
-transaction-mode connection pooler such as PgBouncer).
+PostgreSQL: the hot path's statements (pool.sql) run on psycopg's async
+connections, on the event loop itself: no thread hand-off per phase, which
+PERFORMANCE.md measured at a large share of the per-request budget. Each
+phase is one statement (shared by a batch of requests: pool.batch) in
+autocommit, on connections opened from Django's own connection settings. A
+batcher runs one statement at a time, so each of its two kinds has a *lane*:
+one connection of its own per event loop, with no pool to check it out of and
+back into (that cost the gateway as much CPU as the statement's own driver
+work). The rare statements outside a batch use a pool per event loop (a pool
+belongs to the loop it was opened on), opened on first use. Statements are
+prepared on the server after a few uses (HEADROOM_DB_PREPARE_THRESHOLD; -1
+behind a transaction-mode connection pooler such as PgBouncer).
 
 SQLite (the embedded default) has no async driver: the same phases run in a
 worker thread through Django's connection (`db_call`), as do the rare paths on
@@ -23,10 +26,13 @@ from typing import TypeVar
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection
-from psycopg import AsyncRawCursor
+from psycopg import AsyncConnection, AsyncRawCursor
+from psycopg.pq import TransactionStatus
 
 T = TypeVar("T")
 _pools: dict[tuple[asyncio.AbstractEventLoop, bool], "asyncio.Task"] = {}  # (loop, durable) -> opening
+_lanes: dict[tuple[asyncio.AbstractEventLoop, str], "Lane"] = {}  # (loop, name) -> lane
+_connect_kwargs_cache: list[dict] = []  # one process, one database
 
 
 def is_postgres() -> bool:
@@ -78,11 +84,18 @@ def _configure(durable: bool):
     return configure
 
 
+async def _kwargs() -> dict:
+    if not _connect_kwargs_cache:
+        # In a worker thread: Django's connection settings are read through its per-thread connection.
+        _connect_kwargs_cache.append(await sync_to_async(_connect_kwargs, thread_sensitive=False)())
+    return _connect_kwargs_cache[0]
+
+
 async def _open_pool(durable: bool):
     from psycopg_pool import AsyncConnectionPool
 
     pool = AsyncConnectionPool(
-        kwargs=await sync_to_async(_connect_kwargs, thread_sensitive=False)(),
+        kwargs=await _kwargs(),
         min_size=settings.HEADROOM_GATEWAY_DB_POOL_MIN,
         max_size=settings.HEADROOM_GATEWAY_DB_POOL_MAX,
         timeout=10,
@@ -137,9 +150,68 @@ async def pg_fetchall(sql: str, params: Sequence, *, durable: bool = True) -> li
         return await cursor.fetchall()
 
 
+class Lane:
+    """One connection for a batcher's statements (pool.batch), which come one at a time.
+
+    Opened on first use, configured like the pools' connections (see pg_fetchone for `durable`). A
+    statement that fails on the connection itself, or is cancelled midway, closes it: the next one
+    opens a new connection, as a pool would have discarded this one. Two statements at once would
+    interleave on the wire; the lane refuses that rather than risk it.
+    """
+
+    def __init__(self, name: str, *, durable: bool):
+        self.name = name
+        self._durable = durable
+        self._conn: AsyncConnection | None = None
+        self._cursor: AsyncRawCursor | None = None
+        self._busy = False
+
+    async def fetchall(self, sql: str, params: Sequence) -> list[tuple]:
+        if self._busy:
+            raise RuntimeError(f"lane {self.name!r} already has a statement in flight")
+        self._busy = True
+        try:
+            if self._conn is None:
+                conn = await AsyncConnection.connect(**await _kwargs())
+                await _configure(self._durable)(conn)
+                self._conn, self._cursor = conn, AsyncRawCursor(conn)
+            try:
+                await self._cursor.execute(sql, params)
+                return await self._cursor.fetchall()
+            except BaseException:
+                if not self._clean():
+                    await self.close()
+                raise
+        finally:
+            self._busy = False
+
+    def _clean(self) -> bool:
+        """Whether the connection is idle, outside a transaction, after an error: a statement the
+        server refused leaves it usable; a broken or interrupted one does not."""
+        return self._conn is not None and self._conn.pgconn.transaction_status == TransactionStatus.IDLE
+
+    async def close(self) -> None:
+        conn, self._conn, self._cursor = self._conn, None, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+
+async def lane_fetchall(name: str, sql: str, params: Sequence, *, durable: bool = True) -> list[tuple]:
+    """One statement, in autocommit, on the current loop's lane `name`; all its rows. Only a batcher
+    (one statement in flight at a time) may use a lane."""
+    key = (asyncio.get_running_loop(), name)
+    lane = _lanes.get(key)
+    if lane is None:
+        lane = _lanes[key] = Lane(name, durable=durable)
+    return await lane.fetchall(sql, params)
+
+
 async def close_all() -> None:
-    """Close the current loop's pools (ASGI lifespan shutdown)."""
+    """Close the current loop's lanes and pools (ASGI lifespan shutdown)."""
     loop = asyncio.get_running_loop()
+    for key in [k for k in _lanes if k[0] is loop]:
+        await _lanes.pop(key).close()
     for key in [k for k in _pools if k[0] is loop]:
         opening = _pools.pop(key)
         with contextlib.suppress(Exception):

@@ -80,7 +80,7 @@ from exchange.selectors import GLOBAL_RULE, exchange_open_at
 from keys.models import Provider, ProviderKey, ProviderModel
 from keys.selectors import BYOK, IN_POOL, PLATFORM, PLATFORM_OR_EXCHANGE, ROUTABLE_MODEL
 from pool.batch import batcher
-from pool.db import db_call, is_postgres, pg_fetchall, pg_fetchone
+from pool.db import db_call, is_postgres, lane_fetchall, pg_fetchone
 from pool.models import RequestRecord
 from pool.selectors import Caller
 
@@ -630,7 +630,7 @@ async def _begin_pg_batch(items: list[tuple[Ask, str]]) -> list[FirstHop]:
         if not asks:
             continue
         q = _begin_pg_sql(_fee_percent(), pool)
-        for row in await pg_fetchall(q.pg, q.params({"asks": _json(asks)}), durable=False):
+        for row in await lane_fetchall("begin", q.pg, q.params({"asks": _json(asks)}), durable=False):
             plan = _plan_row(row[1:width + 1])
             held, candidates = row[width + 1], row[width + 2]
             found[row[0]] = FirstHop(plan=plan, held=bool(held), picked=_picked(candidates, list(row[width + 3:])))
@@ -948,7 +948,7 @@ async def _settle_pg_batch(specs: list[SettleSpec]) -> list[Settled]:
     ]
     for attempt in range(SETTLE_ATTEMPTS):
         try:
-            rows = await pg_fetchall(SETTLE_PG, params)
+            rows = await lane_fetchall("settle", SETTLE_PG, params)
             break
         except CheckViolation:
             # A concurrent debit left a payer less than what the batch charged from the balance it read:
@@ -1005,10 +1005,10 @@ async def settle(spec: SettleSpec, *, now: datetime) -> Settled:
 #   makes the picks its last step. Which keys may serve stays with the caller (the candidate list is
 #   compiled from keys.selectors); this only orders, locks, stamps and leases. SKIP LOCKED still passes
 #   over a key that another writer (a state transition) holds.
-# - pool_ledger_post: one ledger transaction of two entries.
 # - pool_settle: settle a batch of requests, exactly once each (a request already recorded moves
 #   nothing again): the request record, the charge then the BYOK fee each capped at what the balance
-#   still has, the BYOK month count, the reward or exchange earning, ledger transactions and entries,
+#   still has, the BYOK month count, the reward or exchange earning, ledger transactions and entries
+#   (written for the whole batch in one statement after its requests' steps),
 #   cached balances, the holds' release (deleted), the key's counters, the API key's last use, the end
 #   of the lease. What each request moves was decided by pool.services; this applies it. Counters other
 #   settlements move too are locked first, in one order; accounts are moved once each, last, in id
@@ -1072,29 +1072,6 @@ SETTLEMENT_FIELDS = """
     rate_scope text, earned bigint
 """
 
-LEDGER_POST = """
-CREATE OR REPLACE FUNCTION pool_ledger_post(
-    p_key text, p_kind text, p_memo text, p_from bigint, p_to bigint, p_amount bigint
-) RETURNS bigint LANGUAGE plpgsql VOLATILE AS $$
-DECLARE
-    v_txn bigint;
-BEGIN
-    -- One ledger transaction moving p_amount from one account to another (two entries summing to zero);
-    -- the cached balances are the caller's to move.
-    WITH txn AS (
-        INSERT INTO billing_ledgertransaction (idempotency_key, kind, memo, created_at)
-        VALUES (p_key, p_kind, p_memo, now()) RETURNING id
-    ), legs AS (
-        INSERT INTO billing_ledgerentry (transaction_id, account_id, amount, created_at)
-        SELECT txn.id, leg.account, leg.amount, now() FROM txn,
-            (VALUES (p_from, -p_amount), (p_to, p_amount)) AS leg(account, amount)
-    )
-    SELECT txn.id INTO v_txn FROM txn;
-    RETURN v_txn;
-END;
-$$;
-"""
-
 SETTLE = """
 CREATE OR REPLACE FUNCTION pool_settle(
     p_batch json, p_accounts bigint[], p_platform text[], p_keys bigint[], p_byok_users bigint[],
@@ -1120,8 +1097,25 @@ DECLARE
     v_charged bigint;
     v_fee bigint;
     v_released bigint;
-    v_credit_txn bigint;
     v_touched bigint[] := ARRAY[]::bigint[];
+    -- The batch's ledger transactions (two entries each: from, to) and exchange earnings, written
+    -- together after the loop: one statement for the batch rather than one per request. NULL until
+    -- the first append (array_append makes the array; unnest reads NULL as no rows).
+    l_key text[];
+    l_kind text[];
+    l_memo text[];
+    l_from bigint[];
+    l_to bigint[];
+    l_amount bigint[];
+    e_key bigint[];
+    e_account bigint[];
+    e_request text[];
+    e_cost bigint[];
+    e_rate numeric[];
+    e_rule bigint[];
+    e_scope text[];
+    e_amount bigint[];
+    e_txn_key text[];  -- the credit's ledger transaction (NULL: nothing credited)
 BEGIN
     -- Counters other settlements move too, locked first in one order: key counters by key, then BYOK
     -- month counters of users, then of organizations, by id (the caller lists them only when the batch
@@ -1137,13 +1131,11 @@ BEGIN
         PERFORM 1 FROM billing_byokmonthlyusage u
         WHERE u.organization_id = ANY (p_byok_orgs) AND u.month = ANY (p_months) ORDER BY u.id FOR UPDATE;
     END IF;
-    v_platform := ARRAY[
-        (SELECT a.id FROM billing_account a WHERE a.kind = 'revenue' AND a.user_id IS NULL AND a.organization_id IS NULL),
-        (SELECT a.id FROM billing_account a
-         WHERE a.kind = 'pool_rewards' AND a.user_id IS NULL AND a.organization_id IS NULL),
-        (SELECT a.id FROM billing_account a
-         WHERE a.kind = 'exchange_payouts' AND a.user_id IS NULL AND a.organization_id IS NULL)
-    ];
+    -- In v_kinds' order; NULL for one not made yet (a ledger entry then refuses it: PlatformAccountMissing).
+    SELECT ARRAY[max(a.id) FILTER (WHERE a.kind = v_kinds[1]), max(a.id) FILTER (WHERE a.kind = v_kinds[2]),
+                 max(a.id) FILTER (WHERE a.kind = v_kinds[3])]
+    INTO v_platform FROM billing_account a
+    WHERE a.kind = ANY (v_kinds) AND a.user_id IS NULL AND a.organization_id IS NULL;
     -- Accounts are moved once each, at the end, so that their rows (a payer's is also wanted by the
     -- holds of its next requests) are locked only from there to the commit. A payer's balance is read
     -- when first needed, unlocked; should a concurrent debit leave less than the charges taken from
@@ -1214,16 +1206,20 @@ BEGIN
             v_held[v_i] := v_held[v_i] - v_released;
         END IF;
         IF v_charged > 0 THEN
-            PERFORM pool_ledger_post(s.charge_key, 'usage', s.charge_memo, s.payer, v_platform[1], v_charged);
+            l_key := array_append(l_key, s.charge_key); l_kind := array_append(l_kind, 'usage'::text);
+            l_memo := array_append(l_memo, s.charge_memo); l_from := array_append(l_from, s.payer);
+            l_to := array_append(l_to, v_platform[1]); l_amount := array_append(l_amount, v_charged);
         END IF;
         IF v_fee > 0 THEN
-            PERFORM pool_ledger_post(s.fee_key, 'byok_fee', s.fee_memo, s.payer, v_platform[1], v_fee);
+            l_key := array_append(l_key, s.fee_key); l_kind := array_append(l_kind, 'byok_fee'::text);
+            l_memo := array_append(l_memo, s.fee_memo); l_from := array_append(l_from, s.payer);
+            l_to := array_append(l_to, v_platform[1]); l_amount := array_append(l_amount, v_fee);
         END IF;
-        v_credit_txn := NULL;
         IF s.credit IS NOT NULL THEN
             v_j := array_position(v_kinds, s.credit_source);
-            v_credit_txn := pool_ledger_post(s.credit_key, s.credit_kind, s.credit_memo, v_platform[v_j],
-                                             s.credit_account, s.credit);
+            l_key := array_append(l_key, s.credit_key); l_kind := array_append(l_kind, s.credit_kind);
+            l_memo := array_append(l_memo, s.credit_memo); l_from := array_append(l_from, v_platform[v_j]);
+            l_to := array_append(l_to, s.credit_account); l_amount := array_append(l_amount, s.credit);
             v_i := array_position(v_ids, s.credit_account);
             IF v_i IS NULL THEN
                 v_ids := v_ids || s.credit_account; v_delta := v_delta || 0::bigint;
@@ -1250,10 +1246,11 @@ BEGIN
             v_delta[v_i] := v_delta[v_i] + v_charged + v_fee;
         END IF;
         IF s.earning THEN
-            INSERT INTO exchange_exchangeearning (provider_key_id, account_id, request_id, settled_cost,
-                rate_percent, rate_rule_id, rate_scope, amount, ledger_transaction_id, created_at)
-            VALUES (s.key_id, s.earning_account, s.request_id, s.settled_cost, s.rate, s.rate_rule, s.rate_scope,
-                s.earned, v_credit_txn, now());
+            e_key := array_append(e_key, s.key_id); e_account := array_append(e_account, s.earning_account);
+            e_request := array_append(e_request, s.request_id); e_cost := array_append(e_cost, s.settled_cost);
+            e_rate := array_append(e_rate, s.rate); e_rule := array_append(e_rule, s.rate_rule);
+            e_scope := array_append(e_scope, s.rate_scope); e_amount := array_append(e_amount, s.earned);
+            e_txn_key := array_append(e_txn_key, CASE WHEN s.credit IS NOT NULL THEN s.credit_key END);
         END IF;
         IF s.stats THEN
             INSERT INTO keys_providerkeystats AS k (key_id, requests_served, prompt_tokens, completion_tokens,
@@ -1272,6 +1269,28 @@ BEGIN
         out_inserted := true; out_charged := v_charged; out_fee := v_fee;
         RETURN NEXT;
     END LOOP;
+
+    -- The batch's ledger: each transaction with its two entries, and the exchange earnings with the
+    -- transaction that credited them.
+    IF l_key IS NOT NULL OR e_key IS NOT NULL THEN
+        WITH txn AS (
+            INSERT INTO billing_ledgertransaction (idempotency_key, kind, memo, created_at)
+            SELECT t.key, t.kind, t.memo, now() FROM unnest(l_key, l_kind, l_memo) AS t(key, kind, memo)
+            RETURNING id, idempotency_key
+        ), legs AS (
+            INSERT INTO billing_ledgerentry (transaction_id, account_id, amount, created_at)
+            SELECT txn.id, leg.account, leg.amount, now()
+            FROM unnest(l_key, l_from, l_to, l_amount) AS p(key, src, dst, amount)
+            JOIN txn ON txn.idempotency_key = p.key,
+            LATERAL (VALUES (p.src, -p.amount), (p.dst, p.amount)) AS leg(account, amount)
+        )
+        INSERT INTO exchange_exchangeearning (provider_key_id, account_id, request_id, settled_cost,
+            rate_percent, rate_rule_id, rate_scope, amount, ledger_transaction_id, created_at)
+        SELECT e.key_id, e.account, e.request_id, e.cost, e.rate, e.rule, e.scope, e.amount, txn.id, now()
+        FROM unnest(e_key, e_account, e_request, e_cost, e_rate, e_rule, e_scope, e_amount, e_txn_key)
+            AS e(key_id, account, request_id, cost, rate, rule, scope, amount, txn_key)
+        LEFT JOIN txn ON txn.idempotency_key = e.txn_key;
+    END IF;
 
     -- The accounts move last, once each, in id order (every writer of accounts locks them in that order).
     FOR r IN SELECT u.id, u.delta, u.held FROM unnest(v_ids, v_delta, v_held) AS u(id, delta, held) ORDER BY u.id
@@ -1297,7 +1316,7 @@ DROP FUNCTION IF EXISTS pool_hold_take(bigint, bigint, text);
 """
 
 
-FUNCTIONS = (HOLD_TAKE, KEY_TAKE, LEDGER_POST, SETTLE)
+FUNCTIONS = (HOLD_TAKE, KEY_TAKE, SETTLE)
 
 
 def install_functions(schema_editor) -> None:

@@ -110,6 +110,34 @@ def test_exchange_route_pays_the_owner_into_frozen_balance(world):
     assert (record.route, record.reward, record.payout_rate) == ("exchange", earning, rate)
     stats = ProviderKeyStats.objects.get(key=key)
     assert (stats.requests_served, stats.credits_earned) == (1, earning)
+    # the earning names the ledger transaction that credited it
+    from exchange.models import ExchangeEarning
+
+    row = ExchangeEarning.objects.select_related("ledger_transaction").get(request_id=record.request_id)
+    assert (row.provider_key_id, row.amount, row.settled_cost) == (key.pk, earning, COST)
+    assert sorted(row.ledger_transaction.entries.values_list("account__kind", "amount")) == [
+        ("exchange_payouts", -earning), ("frozen", earning),
+    ]
+    assert_ledger_clean()
+
+
+def test_an_exchange_key_at_a_zero_rate_earns_nothing_and_its_record_says_so(world):
+    from exchange.models import ExchangeEarning
+    from tests.exchange.factories import rule
+
+    bob = world.member()
+    key = world.key(owner=bob.user, exchange=True)
+    rule("0", user=bob.user)  # Bob's own rule; the global rate keeps the exchange open
+    alice = world.member()
+
+    headers, _ = _chat(alice, world.url)
+
+    assert headers["x-headroom-route"] == "exchange"
+    assert main(alice.user) == SIGNUP - COST
+    assert frozen(bob.user) == 0
+    row = ExchangeEarning.objects.get(provider_key=key)
+    assert (row.amount, row.rate_percent, row.settled_cost, row.ledger_transaction_id) == (0, Decimal("0"), COST, None)
+    assert RequestRecord.objects.get().reward == 0
     assert_ledger_clean()
 
 

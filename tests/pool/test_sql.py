@@ -200,10 +200,10 @@ def _settle_together(settlements, monkeypatch) -> tuple[list, int]:
     from pool import sql
 
     statements = []
-    real = sql.pg_fetchall
+    real = sql.lane_fetchall
 
     async def counted(*args, **kwargs):
-        statements.append(args[0])
+        statements.append(args[1])
         return await real(*args, **kwargs)
 
     async def together():
@@ -216,7 +216,7 @@ def _settle_together(settlements, monkeypatch) -> tuple[list, int]:
 
     for kind in sql.PLATFORM_KINDS:  # as after the first settlement of a deployment
         platform_account(kind)
-    monkeypatch.setattr(sql, "pg_fetchall", counted)
+    monkeypatch.setattr(sql, "lane_fetchall", counted)
     receipts = run(together())
     return receipts, len(statements)
 
