@@ -458,12 +458,25 @@ def bench_target(name: str, api_key: str, endpoints: dict[int, tuple[str, str, i
     for delay, (url, model, pid) in endpoints.items():
         for kind, concurrency in loads:
             cell = Cell(name, delay, kind, concurrency)
+            if database:
+                vacuum(database)
             asyncio_run(drive(cell, url, headers, request_body(model, kind == "stream"), timing, pid, database))
             print_cell(cell)
             cells.append(cell)
     for cell in cells:  # VmHWM is a lifetime peak: read once the target has served everything
         cell.peak_rss_mb = peak_rss_mb(endpoints[cell.delay_ms][2])
     return cells
+
+
+def vacuum(database: str) -> None:
+    """VACUUM the bench database before a cell, outside its window: this machine's PostgreSQL runs with
+    autovacuum off, a production one does not. Without it the rows every request inserts and deletes
+    (holds, key leases) pile up as dead rows and index entries, and each cell would measure the ones
+    before it: after ~27,000 requests PostgreSQL's CPU per request had nearly doubled (1.40 -> 2.60 ms
+    at concurrency 16), and a VACUUM brought it back."""
+    done = run(["psql", *PG, "-d", database, "-qc", "VACUUM"], timeout=300)
+    if done.returncode != 0:
+        raise RuntimeError(f"VACUUM of {database} failed: {done.stderr.strip()}")
 
 
 def start_floor(children: Children, database: str, fakes: dict) -> tuple[Child, str]:
@@ -834,6 +847,7 @@ def profile_headroom(py_spy: str, server: Child, url: str, api_key: str, timing:
         )
         sampler = PgActivitySampler(database) if name == "wall" else None
         try:
+            vacuum(database)
             time.sleep(0.5)
             cell = Cell(f"headroom ({name} profile)", 0, "json", 16)
             if sampler:

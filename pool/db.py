@@ -154,8 +154,10 @@ class Lane:
     """One connection for a batcher's statements (pool.batch), which come one at a time.
 
     Opened on first use, configured like the pools' connections (see pg_fetchone for `durable`). A
-    statement that fails on the connection itself, or is cancelled midway, closes it: the next one
-    opens a new connection, as a pool would have discarded this one. Two statements at once would
+    statement the server refuses leaves the connection idle, and so does one whose caller is
+    cancelled (psycopg cancels it on the server and waits for the connection to be idle); one that
+    leaves it in any other state (broken, or a cancellation that failed) closes it, and the next
+    statement opens a new one, as a pool would have discarded it. Two statements at once would
     interleave on the wire; the lane refuses that rather than risk it.
     """
 
@@ -173,7 +175,11 @@ class Lane:
         try:
             if self._conn is None:
                 conn = await AsyncConnection.connect(**await _kwargs())
-                await _configure(self._durable)(conn)
+                try:
+                    await _configure(self._durable)(conn)
+                except BaseException:
+                    await conn.close()
+                    raise
                 self._conn, self._cursor = conn, AsyncRawCursor(conn)
             try:
                 await self._cursor.execute(sql, params)

@@ -1,0 +1,69 @@
+"""A batcher's lane (pool.db.Lane): one connection per event loop and kind of statement, kept across
+statements and replaced only when it breaks. PostgreSQL only: SQLite runs the same phases in threads."""
+
+import asyncio
+
+import psycopg
+import pytest
+
+from pool import db
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+PID = "SELECT pg_backend_pid()"
+
+
+def run(coroutine):
+    async def with_lanes_closed():
+        try:
+            return await coroutine
+        finally:
+            await db.close_all()
+
+    return asyncio.run(with_lanes_closed())
+
+
+async def _pid() -> int:
+    return (await db.lane_fetchall("test", PID, []))[0][0]
+
+
+def test_a_lane_keeps_its_connection_through_a_refused_and_a_cancelled_statement():
+    async def scenario():
+        first = await _pid()
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            await db.lane_fetchall("test", "SELECT 1 / 0", [])
+        assert await _pid() == first
+
+        # A cancelled caller: the driver cancels the statement on the server, the connection is idle again.
+        sleeping = asyncio.create_task(db.lane_fetchall("test", "SELECT pg_sleep(30)", []))
+        await asyncio.sleep(0.3)
+        sleeping.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await sleeping
+        async with asyncio.timeout(5):
+            assert await _pid() == first
+
+    run(scenario())
+
+
+def test_a_broken_connection_fails_its_statement_and_the_next_one_reconnects():
+    async def scenario():
+        first = await _pid()
+        async with await psycopg.AsyncConnection.connect(**await db._kwargs()) as other:
+            await other.execute("SELECT pg_terminate_backend(%s)", [first])
+        with pytest.raises(psycopg.OperationalError):
+            await _pid()
+        assert await _pid() != first
+
+    run(scenario())
+
+
+def test_a_lane_refuses_a_second_statement_while_one_is_in_flight():
+    async def scenario():
+        slow = asyncio.create_task(db.lane_fetchall("test", "SELECT 1 FROM pg_sleep(0.3)", []))
+        await asyncio.sleep(0.05)
+        with pytest.raises(RuntimeError, match="already has a statement in flight"):
+            await db.lane_fetchall("test", "SELECT 2", [])
+        assert await slow == [(1,)]
+        assert await db.lane_fetchall("test", "SELECT 2", []) == [(2,)]
+
+    run(scenario())
