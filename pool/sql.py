@@ -1022,13 +1022,14 @@ HOLD_TAKE = """
 CREATE OR REPLACE FUNCTION pool_hold_take(p_account bigint, p_amount bigint, p_hold_id text)
 RETURNS boolean LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
-    UPDATE billing_account SET held = held + p_amount WHERE id = p_account AND balance - held >= p_amount;
-    IF NOT FOUND THEN
-        RETURN false;
-    END IF;
+    -- One statement: the reservation and its row, or neither.
+    WITH reserved AS (
+        UPDATE billing_account SET held = held + p_amount WHERE id = p_account AND balance - held >= p_amount
+        RETURNING id
+    )
     INSERT INTO billing_balancehold (account_id, request_id, amount, created_at)
-    VALUES (p_account, p_hold_id, p_amount, now());
-    RETURN true;
+    SELECT reserved.id, p_hold_id, p_amount, now() FROM reserved;
+    RETURN FOUND;
 END;
 $$;
 """
@@ -1043,15 +1044,18 @@ BEGIN
         RETURN NULL;
     END IF;
     PERFORM pg_advisory_xact_lock({PICK_LOCK_CLASS}, mod(p_provider, 2147483647)::integer);
-    UPDATE keys_providerkey SET lru_seq = nextval('pool_key_lru_seq'), last_used_at = now()
-    WHERE id = (
-        SELECT k.id FROM keys_providerkey k WHERE k.id = ANY (p_candidates)
-        ORDER BY k.lru_seq, k.id LIMIT 1 FOR NO KEY UPDATE SKIP LOCKED
+    -- A statement of its own after the turn (a fresh snapshot): the stamp and the lease together.
+    WITH stamped AS (
+        UPDATE keys_providerkey SET lru_seq = nextval('pool_key_lru_seq'), last_used_at = now()
+        WHERE id = (
+            SELECT k.id FROM keys_providerkey k WHERE k.id = ANY (p_candidates)
+            ORDER BY k.lru_seq, k.id LIMIT 1 FOR NO KEY UPDATE SKIP LOCKED
+        )
+        RETURNING id
     )
-    RETURNING id INTO taken;
-    IF taken IS NOT NULL THEN
-        INSERT INTO keys_providerkeylease (key_id, request_id, created_at) VALUES (taken, p_request, now());
-    END IF;
+    INSERT INTO keys_providerkeylease (key_id, request_id, created_at)
+    SELECT stamped.id, p_request, now() FROM stamped
+    RETURNING key_id INTO taken;
     RETURN taken;
 END;
 $$;
@@ -1197,13 +1201,18 @@ BEGIN
             s.provider_id, s.model, s.provider_key_id, s.stream, s.outcome, s.upstream_status, s.error_code,
             s.prompt_tokens, s.completion_tokens, s.usage_estimated, s.input_price, s.output_price, s.cost,
             s.reward, s.payout_rate, s.latency_ms, s.ttfb_ms, v_charged + v_fee, v_fee, now());
+        -- The request's lease on its key ends with it, and its holds (there are only holds with a payer).
         IF v_i IS NOT NULL THEN
             WITH released AS (
                 DELETE FROM billing_balancehold h WHERE h.request_id = ANY (s.hold_ids) RETURNING h.amount
+            ), ended AS (
+                DELETE FROM keys_providerkeylease l WHERE l.request_id = s.request_id
             ) SELECT COALESCE(SUM(amount), 0) INTO v_released FROM released;
             v_left[v_i] := v_left[v_i] - v_charged - v_fee;
             v_delta[v_i] := v_delta[v_i] - v_charged - v_fee;
             v_held[v_i] := v_held[v_i] - v_released;
+        ELSE
+            DELETE FROM keys_providerkeylease l WHERE l.request_id = s.request_id;
         END IF;
         IF v_charged > 0 THEN
             l_key := array_append(l_key, s.charge_key); l_kind := array_append(l_kind, 'usage'::text);
@@ -1264,8 +1273,6 @@ BEGIN
         IF s.touch THEN
             v_touched := v_touched || s.api_key_id;
         END IF;
-        -- The request's lease on its key ends with it.
-        DELETE FROM keys_providerkeylease l WHERE l.request_id = s.request_id;
         out_inserted := true; out_charged := v_charged; out_fee := v_fee;
         RETURN NEXT;
     END LOOP;

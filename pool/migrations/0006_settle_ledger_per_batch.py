@@ -1,6 +1,8 @@
-"""Installs pool_settle again (pool.sql): it now writes a batch's ledger transactions, entries and
-exchange earnings in one statement after its requests' steps, instead of calling pool_ledger_post once
-per posting (a function call and a statement each), so pool_ledger_post goes."""
+"""Installs the gateway's functions again (pool.sql), with fewer statements per request: pool_settle
+writes a batch's ledger transactions, entries and exchange earnings in one statement after its
+requests' steps, instead of calling pool_ledger_post once per posting (a function call and a statement
+each), so pool_ledger_post goes; and it ends a request's holds and lease in one statement, as
+pool_hold_take reserves and writes its hold, and pool_key_take stamps and leases its key, in one."""
 
 from django.db import migrations
 
