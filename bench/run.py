@@ -479,20 +479,27 @@ def vacuum(database: str) -> None:
         raise RuntimeError(f"VACUUM of {database} failed: {done.stderr.strip()}")
 
 
-def start_floor(children: Children, database: str, fakes: dict) -> tuple[Child, str]:
-    """The floor (bench/floor.py) under uvicorn, like Headroom: same flags, same core, same database."""
+def start_uvicorn(children: Children, name: str, app: str, env: dict, *, headers: dict | None = None,
+                  expect: bytes = b"") -> tuple[Child, str]:
+    """An ASGI app under uvicorn as Headroom runs in production: one worker, lifespan on, no access log,
+    pinned to core 0. Ready when GET /v1/models answers 200 (with `expect` in its body)."""
     port = free_port()
-    env = {**base_env(), "PYTHONPATH": str(ROOT), "FLOOR_DATABASE_URL": f"postgresql://postgres@{HOST}:5432/{database}",
-           "FLOOR_UPSTREAM": f"{fakes[0][0]}/v1/chat/completions", "FLOOR_UPSTREAM_KEY": FAKE_SECRET}
     child = children.start(
-        "floor",
-        [str(PY), "-m", "uvicorn", "bench.floor:app", "--host", HOST, "--port", str(port),
+        name,
+        [str(PY), "-m", "uvicorn", app, "--host", HOST, "--port", str(port),
          "--workers", "1", "--lifespan", "on", "--no-access-log", "--log-level", "warning"],
         env, core=0, stop_signal=signal.SIGINT,
     )
     url = f"http://{HOST}:{port}"
-    wait_ready(child, f"{url}/v1/models", timeout=60)
+    wait_ready(child, f"{url}/v1/models", timeout=60, headers=headers, expect=expect)
     return child, url
+
+
+def start_floor(children: Children, database: str, fakes: dict) -> tuple[Child, str]:
+    """The floor (bench/floor.py), started like Headroom: same server, flags, core and database."""
+    env = {**base_env(), "PYTHONPATH": str(ROOT), "FLOOR_DATABASE_URL": f"postgresql://postgres@{HOST}:5432/{database}",
+           "FLOOR_UPSTREAM": f"{fakes[0][0]}/v1/chat/completions", "FLOOR_UPSTREAM_KEY": FAKE_SECRET}
+    return start_uvicorn(children, "floor", "bench.floor:app", env)
 
 
 def print_cell(cell: Cell) -> None:
@@ -682,17 +689,8 @@ def django_count() -> None:
 
 
 def start_headroom(children: Children, env: dict, api_key: str) -> tuple[Child, str]:
-    port = free_port()
-    child = children.start(
-        "headroom",
-        [str(PY), "-m", "uvicorn", "config.asgi:application", "--host", HOST, "--port", str(port),
-         "--workers", "1", "--lifespan", "on", "--no-access-log", "--log-level", "warning"],
-        env, core=0, stop_signal=signal.SIGINT,
-    )
-    url = f"http://{HOST}:{port}"
-    wait_ready(child, f"{url}/v1/models", timeout=60, headers={"Authorization": f"Bearer {api_key}"},
-               expect=b"fake0/tiny")
-    return child, url
+    return start_uvicorn(children, "headroom", "config.asgi:application", env,
+                         headers={"Authorization": f"Bearer {api_key}"}, expect=b"fake0/tiny")
 
 
 def headroom_verify(env: dict, answered: Counter) -> list[str]:
