@@ -20,6 +20,7 @@ both databases (error bookkeeping, first-use account creation).
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
@@ -159,7 +160,14 @@ class Lane:
     leaves it in any other state (broken, or a cancellation that failed) closes it, and the next
     statement opens a new one, as a pool would have discarded it. Two statements at once would
     interleave on the wire; the lane refuses that rather than risk it.
+
+    Like psycopg's pool, a lane does not keep a connection for ever: one idle for MAX_IDLE_S (a proxy
+    or a firewall may have dropped it meanwhile) or older than MAX_LIFETIME_S is replaced before the
+    next statement.
     """
+
+    MAX_IDLE_S = 600.0  # psycopg_pool's max_idle
+    MAX_LIFETIME_S = 3600.0  # psycopg_pool's max_lifetime
 
     def __init__(self, name: str, *, durable: bool):
         self.name = name
@@ -167,12 +175,17 @@ class Lane:
         self._conn: AsyncConnection | None = None
         self._cursor: AsyncRawCursor | None = None
         self._busy = False
+        self._opened_at = self._used_at = 0.0
 
     async def fetchall(self, sql: str, params: Sequence) -> list[tuple]:
         if self._busy:
             raise RuntimeError(f"lane {self.name!r} already has a statement in flight")
         self._busy = True
         try:
+            now = time.monotonic()
+            if self._conn is not None and (now - self._used_at > self.MAX_IDLE_S
+                                           or now - self._opened_at > self.MAX_LIFETIME_S):
+                await self.close()
             if self._conn is None:
                 conn = await AsyncConnection.connect(**await _kwargs())
                 try:
@@ -181,6 +194,8 @@ class Lane:
                     await conn.close()
                     raise
                 self._conn, self._cursor = conn, AsyncRawCursor(conn)
+                self._opened_at = now
+            self._used_at = now
             try:
                 await self._cursor.execute(sql, params)
                 return await self._cursor.fetchall()

@@ -67,3 +67,14 @@ def test_a_lane_refuses_a_second_statement_while_one_is_in_flight():
         assert await db.lane_fetchall("test", "SELECT 2", []) == [(2,)]
 
     run(scenario())
+
+
+@pytest.mark.parametrize("limit", ["MAX_IDLE_S", "MAX_LIFETIME_S"])
+def test_a_lane_replaces_a_connection_idle_or_old_past_its_limit(limit, monkeypatch):
+    async def scenario():
+        first = await _pid()
+        assert await _pid() == first  # within both limits: kept
+        monkeypatch.setattr(db.Lane, limit, -1.0)
+        assert await _pid() != first
+
+    run(scenario())
