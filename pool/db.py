@@ -143,14 +143,6 @@ async def pg_fetchone(sql: str, params: Sequence, *, durable: bool = True) -> tu
         return await cursor.fetchone()
 
 
-async def pg_fetchall(sql: str, params: Sequence, *, durable: bool = True) -> list[tuple]:
-    """One statement on the loop's pool, in autocommit (see pg_fetchone); all its rows."""
-    pool = await _pool(durable)
-    async with pool.connection() as conn, AsyncRawCursor(conn) as cursor:
-        await cursor.execute(sql, params)
-        return await cursor.fetchall()
-
-
 class Lane:
     """One connection for a batcher's statements (pool.batch), which come one at a time.
 
