@@ -60,6 +60,22 @@ def wait_until(predicate, *, seconds: float = 5.0) -> bool:
     return False
 
 
+def run_on_own_loop(coroutine):
+    """One event loop per call, as the gateway has one per process; the loop's database lanes and
+    pools closed after (they belong to the loop)."""
+    import asyncio
+
+    from pool import db
+
+    async def with_db_closed():
+        try:
+            return await coroutine
+        finally:
+            await db.close_all()
+
+    return asyncio.run(with_db_closed())
+
+
 def holds_during(call, *, fake, secrets, delay: float = 0.4):
     """`call()`'s result and every hold seen while it ran ({hold id: amount}).
 

@@ -7,19 +7,10 @@ import psycopg
 import pytest
 
 from pool import db
+from tests.pool.helpers import run_on_own_loop as run
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 PID = "SELECT pg_backend_pid()"
-
-
-def run(coroutine):
-    async def with_lanes_closed():
-        try:
-            return await coroutine
-        finally:
-            await db.close_all()
-
-    return asyncio.run(with_lanes_closed())
 
 
 async def _pid() -> int:

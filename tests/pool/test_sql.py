@@ -18,22 +18,10 @@ from pool.selectors import Caller, Target
 from pool.services import PickedKey, Settlement, Usage, request_settle
 from pool.sql import Hold, hold_place, key_take
 from tests.keys.factories import key_in_state
-from tests.pool.helpers import SIGNUP, assert_ledger_clean, main, platform
+from tests.pool.helpers import SIGNUP, assert_ledger_clean, main, platform, run_on_own_loop as run
 
 pytestmark = pytest.mark.django_db(transaction=True)
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
-
-
-def run(coroutine):
-    """One event loop per call, as the gateway has one per process; its database pool closed after."""
-
-    async def with_pool_closed():
-        try:
-            return await coroutine
-        finally:
-            await db.close_all()
-
-    return asyncio.run(with_pool_closed())
 
 
 def _platform_key() -> ProviderKey:
