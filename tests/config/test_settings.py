@@ -16,9 +16,16 @@ GOOD_SECRET = "q8Vz1mXk3rT9wLp2sYd7hJf4nBc6gKe0aUo5iRt8yWx2vZm1lQs"
 GOOD_FERNET = Fernet.generate_key().decode()
 
 
+# Settings are read without connecting: any PostgreSQL URL does.
+SOME_DATABASE = "postgres://u@db.internal:5432/headroom"
+
+
 def _run(code: str, **env) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "HEADROOM_", "DATABASE_URL", "REDIS_URL"))}
-    clean.update(env)
+    clean["DATABASE_URL"] = SOME_DATABASE
+    clean.update({k: v for k, v in env.items() if v is not None})
+    for name in [k for k, v in env.items() if v is None]:
+        clean.pop(name, None)
     return subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, env=clean, capture_output=True, text=True, timeout=120
     )
@@ -79,7 +86,7 @@ def test_production_check_deploy_is_clean(tmp_path):
     assert "no issues" in result.stdout
 
 
-def test_without_service_urls_the_default_is_sqlite_and_eager(tmp_path):
+def test_without_redis_the_cache_is_local_and_tasks_eager(tmp_path):
     result = _run(
         "import django; django.setup(); from django.conf import settings as s;"
         "print(s.DATABASES['default']['ENGINE'], s.CACHES['default']['BACKEND'], s.CELERY_TASK_ALWAYS_EAGER)",
@@ -90,10 +97,38 @@ def test_without_service_urls_the_default_is_sqlite_and_eager(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [
-        "django.db.backends.sqlite3",
+        "django.db.backends.postgresql",
         "django.core.cache.backends.locmem.LocMemCache",
         "True",
     ]
+
+
+@pytest.mark.parametrize("module", ["config.settings.local", "config.settings.production"])
+def test_without_a_database_url_settings_refuse_and_say_how_to_start_one(module, tmp_path):
+    result = _run(
+        "import django; django.setup(); print('started')",
+        DJANGO_SETTINGS_MODULE=module,
+        DJANGO_SECRET_KEY=GOOD_SECRET,
+        HEADROOM_FIELD_ENCRYPTION_KEYS=GOOD_FERNET,
+        DJANGO_ENV_FILE=str(tmp_path / "none"),
+        DATABASE_URL=None,
+    )
+    assert result.returncode != 0
+    assert "DATABASE_URL is not set" in result.stderr
+    assert "scripts/embedded.py" in result.stderr
+
+
+def test_a_database_other_than_postgresql_is_refused(tmp_path):
+    result = _run(
+        "import django; django.setup(); print('started')",
+        DJANGO_SETTINGS_MODULE="config.settings.local",
+        DJANGO_SECRET_KEY=GOOD_SECRET,
+        HEADROOM_FIELD_ENCRYPTION_KEYS=GOOD_FERNET,
+        DJANGO_ENV_FILE=str(tmp_path / "none"),
+        DATABASE_URL="mysql://u@db.internal:3306/headroom",
+    )
+    assert result.returncode != 0
+    assert "DATABASE_URL must point at PostgreSQL" in result.stderr
 
 
 def test_with_service_urls_it_uses_postgres_and_redis(tmp_path):
