@@ -73,10 +73,6 @@ def _check_actor(*, owner: BillingOwner, actor: User) -> Organization | None:
     return None
 
 
-def _minimum(setting_name: str) -> int:
-    return parse_usd(getattr(settings, setting_name))
-
-
 def conversion_create(*, owner: BillingOwner, actor: User, amount: int) -> Conversion:
     """Move `amount` nanodollars from the owner's frozen balance to the owner's main balance.
 
@@ -85,7 +81,7 @@ def conversion_create(*, owner: BillingOwner, actor: User, amount: int) -> Conve
     the frozen account, so concurrent conversions never take more than is there.
     """
     organization = _check_actor(owner=owner, actor=actor)
-    minimum = _minimum("HEADROOM_CONVERSION_MINIMUM")
+    minimum = parse_usd(settings.HEADROOM_CONVERSION_MINIMUM)
     if amount < minimum:
         raise PayoutError(CONVERSION_BELOW_MINIMUM.format(minimum=format_usd(minimum)))
     frozen = account_for_owner(owner=owner, kind=Account.Kind.FROZEN)
@@ -127,7 +123,7 @@ def withdrawal_request(
     network, to an address in that network's format.
     """
     organization = _check_actor(owner=owner, actor=actor)
-    minimum = _minimum("HEADROOM_WITHDRAWAL_MINIMUM")
+    minimum = parse_usd(settings.HEADROOM_WITHDRAWAL_MINIMUM)
     if amount < minimum:
         raise PayoutError(WITHDRAWAL_BELOW_MINIMUM.format(minimum=format_usd(minimum)))
     chosen = _network_for_request(network)

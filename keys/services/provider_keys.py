@@ -105,12 +105,8 @@ def fsm_move(name: str) -> Move:
     return Move(source=tuple(t.source for t in transitions), target=transitions[0].target)
 
 
-def _setting_int(name: str, default: int) -> int:
-    return int(getattr(settings, name, default))
-
-
 def exchange_min_balance() -> int:
-    return parse_usd(str(getattr(settings, "HEADROOM_EXCHANGE_MIN_BALANCE", "0.10")))
+    return parse_usd(settings.HEADROOM_EXCHANGE_MIN_BALANCE)
 
 
 def safe_reason(text: str) -> str:
@@ -386,7 +382,7 @@ def provider_key_drain(*, key_id: int) -> str:
     any request may last) the key is retired anyway and such leases are dropped.
     Returns the key's status after the call.
     """
-    timeout = timedelta(seconds=_setting_int("HEADROOM_DISABLING_TIMEOUT", 900))
+    timeout = timedelta(seconds=settings.HEADROOM_DISABLING_TIMEOUT)
     with transaction.atomic():
         try:
             key = provider_key_lock(key_id=key_id)
@@ -480,7 +476,7 @@ def provider_key_record_429(*, key_id: int, retry_after_seconds: float | None = 
     """Count an upstream 429 (and its Retry-After); at HEADROOM_PAUSE_AFTER_429S consecutive ones,
     ACTIVE → PAUSED exactly once even when processes cross the threshold together. Returns True for
     the caller that paused it."""
-    threshold = _setting_int("HEADROOM_PAUSE_AFTER_429S", 3)
+    threshold = settings.HEADROOM_PAUSE_AFTER_429S
     fields = {}
     if retry_after_seconds is not None and retry_after_seconds >= 0:
         fields["retry_after_until"] = timezone.now() + timedelta(seconds=min(float(retry_after_seconds), 86_400))
@@ -505,7 +501,7 @@ def provider_key_record_failure(*, key_id: int, reason: str) -> bool:
     """Count an upstream failure (5xx, timeout, bad reply) with a short reason in our own words; at
     HEADROOM_EXHAUST_AFTER_FAILURES consecutive ones, ACTIVE → EXHAUSTED exactly once. Returns True
     for the caller that exhausted it."""
-    threshold = _setting_int("HEADROOM_EXHAUST_AFTER_FAILURES", 5)
+    threshold = settings.HEADROOM_EXHAUST_AFTER_FAILURES
     return _count_and_move(
         key_id=key_id,
         counter="failure_count",
