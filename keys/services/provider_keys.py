@@ -24,6 +24,7 @@ from django_fsm import can_proceed
 
 from accounts.models import Membership, Organization, User
 from billing.money import format_usd, parse_usd, usd_str
+from core.exceptions import ServiceError
 from keys.crypto import decrypt_secret, encrypt_secret, secret_fingerprint
 from keys.models import (
     PoolConsent,
@@ -78,13 +79,8 @@ REASON_DRAIN_TIMEOUT = "in-flight count did not drain within {seconds}s; forced"
 REASON_SCRUBBED = "secret scrubbed after removal"
 
 
-class ProviderKeyError(ValueError):
+class ProviderKeyError(ServiceError):
     """A refused key operation. `message` is safe to show; `code` is stable for clients."""
-
-    def __init__(self, message: str, *, code: str = "invalid", status: int = 400):
-        super().__init__(message)
-        self.code = code
-        self.status = status
 
 
 KeyOwner = User | Organization | None  # None: the platform
@@ -161,7 +157,7 @@ def _require_org_owner(*, organization: Organization, actor: User | None) -> Non
     if actor is None or not Membership.objects.filter(
         organization=organization, user=actor, role=Membership.Role.OWNER
     ).exists():
-        raise ProviderKeyError(KEY_NOT_ORG_OWNER, code="not_org_owner", status=403)
+        raise ProviderKeyError(KEY_NOT_ORG_OWNER, code="not_org_owner", status_code=403)
 
 
 def _has_verified_email(user: User) -> bool:
@@ -226,7 +222,7 @@ def provider_key_check_enrolable(*, provider: Provider, secret: str) -> tuple[st
         raise ProviderKeyError(KEY_PROVIDER_INACTIVE.format(provider=provider.name), code="provider_inactive")
     fingerprint = secret_fingerprint(secret)
     if ProviderKey.objects.filter(fingerprint=fingerprint).exclude(secret_ciphertext="").exists():
-        raise ProviderKeyError(KEY_DUPLICATE, code="duplicate_key", status=409)
+        raise ProviderKeyError(KEY_DUPLICATE, code="duplicate_key", status_code=409)
     return secret, fingerprint
 
 
@@ -289,7 +285,7 @@ def provider_key_create(
     except IntegrityError:
         # Lost a race with an enrolment of the same secret (the conditional unique constraint)?
         if ProviderKey.objects.filter(fingerprint=fingerprint).exclude(secret_ciphertext="").exists():
-            raise ProviderKeyError(KEY_DUPLICATE, code="duplicate_key", status=409) from None
+            raise ProviderKeyError(KEY_DUPLICATE, code="duplicate_key", status_code=409) from None
         raise
     return key
 

@@ -91,7 +91,7 @@ def test_the_same_secret_cannot_be_enrolled_twice_by_anyone():
     for owner, actor, other_provider in ((alice, alice, provider), (bob, bob, provider), (org, bob, ProviderFactory())):
         with pytest.raises(ProviderKeyError, match="duplicate key") as refused:
             _create(owner, other_provider, secret, actor=actor)
-        assert refused.value.code == "duplicate_key" and refused.value.status == 409
+        assert refused.value.code == "duplicate_key" and refused.value.status_code == 409
     with pytest.raises(ProviderKeyError, match="duplicate key"):
         provider_key_create(owner=None, provider=provider, secret=secret, actor=None)
     assert ProviderKey.objects.count() == 1
@@ -244,7 +244,7 @@ def test_organization_keys_are_managed_by_its_owners_only():
     provider = ProviderFactory()
     with pytest.raises(ProviderKeyError, match="organization owner required") as refused:
         _create(org, provider, new_secret(), actor=member)
-    assert refused.value.status == 403
+    assert refused.value.status_code == 403
     key, _ = _create(org, provider, new_secret(), actor=boss)
     assert key.owner_org == org and key.owner_user is None
     with pytest.raises(ProviderKeyError, match="organization owner required"):
