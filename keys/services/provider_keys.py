@@ -25,6 +25,7 @@ from django_fsm import can_proceed
 from accounts.models import Membership, Organization, User
 from billing.money import format_usd, parse_usd, usd_str
 from core.exceptions import ServiceError
+from core.masking import secret_tail
 from keys.crypto import decrypt_secret, encrypt_secret, secret_fingerprint
 from keys.models import (
     PoolConsent,
@@ -270,7 +271,7 @@ def provider_key_create(
                 label=label.strip()[:100],
                 secret_ciphertext=encrypt_secret(secret),
                 fingerprint=fingerprint,
-                secret_last4=secret[-4:],
+                secret_last4=secret_tail(secret),
                 byok=byok,
                 donate_to_pool=donate_to_pool,
                 donated_at=now if donate_to_pool else None,
