@@ -9,7 +9,7 @@ from django.utils import timezone
 from django.utils.text import slugify
 
 from accounts.models import ApiKey, Membership, Organization, User
-from billing.services import signup_credit_grant
+from accounts.signals import user_signed_up
 
 API_KEY_PREFIX = "hr-"
 API_KEY_RANDOM_BYTES = 32
@@ -29,8 +29,11 @@ def api_key_hash(raw_key: str) -> str:
 
 
 def user_signup_complete(*, user: User) -> None:
-    """Everything a new account gets: today, the signup credit (exactly once)."""
-    signup_credit_grant(user=user)
+    """Everything a new account gets, from the apps above accounts (billing: the signup credit, once).
+
+    Caller holds the transaction that created `user`, so a refused welcome undoes the sign-up.
+    """
+    user_signed_up.send(sender=User, user=user)
 
 
 def user_create(*, email: str, password: str | None = None, **extra) -> User:

@@ -69,6 +69,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "billing.context_processors.balances",
             ],
             "builtins": ["billing.templatetags.money", "template_partials.templatetags.partials"],
         },
