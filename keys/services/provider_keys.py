@@ -12,6 +12,7 @@ Side effects (verification, draining) are Celery tasks enqueued with `transactio
 take key ids only.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -61,8 +62,6 @@ KEY_CONSENT_REQUIRED = (
 KEY_EMAIL_UNVERIFIED = "verified e-mail required: confirm your e-mail address before donating a key to the pool."
 KEY_PROVIDER_EXCLUDED = "provider excluded from the pool: {provider} keys cannot be donated."
 KEY_EXCHANGE_UNSUPPORTED = "exchange not supported: {provider} has no balance API to verify a key against."
-KEY_EXCHANGE_CLOSED = "exchange closed: the platform is not routing traffic to exchange keys right now."
-KEY_EXCHANGE_RATE_ZERO = "exchange disabled: the payout rate for {provider} keys is 0% for you."
 KEY_EXCHANGE_BALANCE_LOW = (
     "balance too low: the exchange needs a verified provider balance of at least {minimum}; this key has {balance}."
 )
@@ -185,18 +184,27 @@ def _consent_record(*, user: User, key: ProviderKey) -> None:
     PoolConsent.objects.get_or_create(user=user, consent_version=POOL_CONSENT_VERSION, defaults={"key": key})
 
 
+# Rules a key must also pass to be listed on the exchange, owned by apps above keys: the exchange app
+# registers its own (the exchange is open; the owner's payout rate is above 0%) from its AppConfig.ready,
+# so keys can refuse a listing without importing the app that sets the rates.
+ExchangeCheck = Callable[..., "ProviderKeyError | None"]
+_exchange_checks: list[ExchangeCheck] = []
+
+
+def exchange_check_register(check: ExchangeCheck) -> None:
+    """Add `check(*, provider, owner_user) -> ProviderKeyError | None` to every exchange listing."""
+    if check not in _exchange_checks:
+        _exchange_checks.append(check)
+
+
 def exchange_refusal(*, provider: Provider, owner_user: User | None) -> ProviderKeyError | None:
     """Why a key of this provider and owner may not be listed on the exchange now, or None."""
     if not (provider.exchange_supported and provider.has_balance_api):
         return ProviderKeyError(KEY_EXCHANGE_UNSUPPORTED.format(provider=provider.name), code="exchange_unsupported")
-    from exchange.selectors import exchange_routing_enabled, payout_rate_resolve
-
-    if not exchange_routing_enabled():
-        return ProviderKeyError(KEY_EXCHANGE_CLOSED, code="exchange_closed")
-    # Provider level (task ""): the rate the dashboard shows as the provider's state for this owner. A 0%
-    # rule for one task only still lets the key in; that task then earns nothing (exchange settlement).
-    if payout_rate_resolve(user=owner_user, provider=provider, task="").percent <= 0:
-        return ProviderKeyError(KEY_EXCHANGE_RATE_ZERO.format(provider=provider.name), code="exchange_disabled")
+    for check in _exchange_checks:
+        refusal = check(provider=provider, owner_user=owner_user)
+        if refusal is not None:
+            return refusal
     return None
 
 

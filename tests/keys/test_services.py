@@ -191,6 +191,15 @@ def test_exchange_needs_a_provider_with_a_balance_api():
     assert refused.value.code == "exchange_unsupported"
 
 
+def test_exchange_is_refused_while_the_global_payout_rate_is_zero():
+    # given the operator's global 0% switch (the exchange app's rule, which keys asks through its registry)
+    PayoutRateRule.objects.create(percent=0)
+    # then no key of any member is listed on the exchange
+    with pytest.raises(ProviderKeyError, match="exchange closed") as refused:
+        _create(UserFactory(), ProviderFactory(balance_api="deepseek"), new_secret(), exchange=True)
+    assert refused.value.code == "exchange_closed"
+
+
 def test_exchange_is_refused_when_the_owners_payout_rate_is_zero():
     user, provider = UserFactory(), ProviderFactory(balance_api="deepseek")
     PayoutRateRule.objects.create(user=user, provider=provider, percent=0)
