@@ -34,7 +34,7 @@ urlpatterns = [
     path("_allauth/", include("allauth.headless.urls")),
     path("api/v1/", include(api_v1)),
     path("dashboard/exchange/", include("payouts.page_urls")),
-    path("dashboard/keys/", include("keys.page_urls")),
+    path("dashboard/keys/", include("pool.page_urls")),
     path("", include("billing.urls")),
     path("", include("accounts.urls")),
 ]
