@@ -17,6 +17,7 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
 VALIDATION_CODE = "invalid"
+VALIDATION_DETAIL = "Invalid input."
 NON_FIELD_KEYS = ("non_field_errors", "detail")
 
 
@@ -67,8 +68,8 @@ def _validation_body(error: exceptions.ValidationError) -> dict:
         return {"detail": _first_message(detail), "code": VALIDATION_CODE}
     fields = {key: value for key, value in detail.items() if key not in NON_FIELD_KEYS}
     general = [detail[key] for key in NON_FIELD_KEYS if key in detail]
-    if general:
-        message = _first_message(general)
+    if general or not fields:
+        message = _first_message(general) or VALIDATION_DETAIL
     else:
         name = next(iter(fields))
         message = f"{name}: {_first_message(fields[name])}"
