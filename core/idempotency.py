@@ -15,7 +15,7 @@ and an expired one is never replayed) and may be used for a new request.
 import hashlib
 import json
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -46,7 +46,7 @@ def _request_hash(request: Request, payload: dict) -> str:
     return hashlib.sha256(f"{request.method} {request.path}\n{body}".encode()).hexdigest()
 
 
-def idempotency_cutoff() -> timezone.datetime:
+def idempotency_cutoff() -> datetime:
     """Records created before this are expired."""
     return timezone.now() - timedelta(seconds=settings.HEADROOM_IDEMPOTENCY_KEY_TTL)
 

@@ -55,8 +55,9 @@ IDEMPOTENCY_PARAMETER = OpenApiParameter(
     IDEMPOTENCY_HEADER,
     location=OpenApiParameter.HEADER,
     required=False,
-    description="Any unique string (≤255 characters). A retry with the same key and body returns the first "
-    "response; the same key with another body gets 422.",
+    description="Any unique string (≤255 characters). A retry with the same key and request (compared as parsed: "
+    '"0.10" and 0.1 are the same amount) returns the first response; the same key with another request gets 422. '
+    "A key is remembered for 24 hours.",
 )
 
 ORGANIZATION_PARAMETER = OpenApiParameter(
