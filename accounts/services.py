@@ -10,6 +10,7 @@ from django.utils.text import slugify
 
 from accounts.models import ApiKey, Membership, Organization, User
 from accounts.signals import user_signed_up
+from core.errors import ServiceError
 
 API_KEY_PREFIX = "hr-"
 API_KEY_RANDOM_BYTES = 32
@@ -20,7 +21,7 @@ ORG_NOT_A_MEMBER = "You are not a member of that organization."
 ORG_OWNER_REQUIRED = "Only an organization's owners can do that."
 
 
-class AccountsError(ValueError):
+class AccountsError(ServiceError):
     """A refused account operation; the message is safe to show."""
 
 
@@ -55,7 +56,7 @@ def api_key_create(
 ) -> tuple[ApiKey, str]:
     """Create a gateway API key; returns it with the raw key, which is never stored or shown again."""
     if organization is not None and not Membership.objects.filter(organization=organization, user=user).exists():
-        raise AccountsError(ORG_NOT_A_MEMBER)
+        raise AccountsError(ORG_NOT_A_MEMBER, code="not_a_member", status_code=403)
     raw = API_KEY_PREFIX + secrets.token_urlsafe(API_KEY_RANDOM_BYTES)
     api_key = ApiKey.objects.create(
         user=user,
@@ -103,7 +104,7 @@ def organization_member_add(
     *, organization: Organization, actor: User, user: User, role: str = Membership.Role.MEMBER
 ) -> Membership:
     if not Membership.objects.filter(organization=organization, user=actor, role=Membership.Role.OWNER).exists():
-        raise AccountsError(ORG_OWNER_REQUIRED)
+        raise AccountsError(ORG_OWNER_REQUIRED, code="not_org_owner", status_code=403)
     membership, _ = Membership.objects.update_or_create(
         organization=organization, user=user, defaults={"role": role}
     )

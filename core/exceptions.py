@@ -5,8 +5,8 @@ that fails validation also names its fields: `"fields": {<field>: [<message>, ..
 `detail` repeats the first one as "<field>: <message>". DRF's own errors (401, 403, 404, 405, parse
 errors, throttling) keep their status and get their DRF code.
 
-Views raise `ApiError`; services raise `ServiceError` subclasses (ValueErrors, no DRF in them, so
-pages can show the same message), which this handler answers exactly as an `ApiError`.
+Views raise `ApiError`; services raise `core.errors.ServiceError` subclasses (ValueErrors, no DRF in
+them, so pages can show the same message), which this handler answers exactly as an `ApiError`.
 """
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
@@ -15,6 +15,8 @@ from django.utils.encoding import force_str
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
+
+from core.errors import ServiceError
 
 VALIDATION_CODE = "invalid"
 VALIDATION_DETAIL = "Invalid input."
@@ -30,24 +32,6 @@ class ApiError(exceptions.APIException):
     def __init__(self, detail: str, *, code: str = "invalid", status_code: int = status.HTTP_400_BAD_REQUEST):
         super().__init__(detail, code)
         self.status_code = status_code
-
-
-class ServiceError(ValueError):
-    """A refused service call: nothing was written; the message is safe to show.
-
-    `code` is stable for API clients and `status_code` the HTTP status the management API answers
-    with; subclasses set their defaults.
-    """
-
-    code = "invalid"
-    status_code = status.HTTP_400_BAD_REQUEST
-
-    def __init__(self, message: str, *, code: str | None = None, status_code: int | None = None):
-        super().__init__(message)
-        if code is not None:
-            self.code = code
-        if status_code is not None:
-            self.status_code = status_code
 
 
 def service_error_response(error: ServiceError) -> Response:

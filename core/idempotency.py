@@ -25,7 +25,8 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from core.exceptions import ApiError, ServiceError, service_error_response
+from core.errors import ServiceError
+from core.exceptions import ApiError, service_error_response
 from core.models import IdempotencyRecord
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"

@@ -22,7 +22,7 @@ from billing.services import (
     ledger_transfer,
     platform_account,
 )
-from core.exceptions import ServiceError
+from core.errors import ServiceError
 from payouts.addresses import address_is_valid, tx_hash_is_valid
 from payouts.models import Conversion, Withdrawal, WithdrawalEvent, WithdrawalNetwork
 from payouts.selectors import organization_is_owned_by

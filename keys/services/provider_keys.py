@@ -25,7 +25,7 @@ from django_fsm import can_proceed
 
 from accounts.models import Membership, Organization, User
 from billing.money import format_usd, parse_usd, usd_str
-from core.exceptions import ServiceError
+from core.errors import ServiceError
 from core.masking import secret_tail
 from keys.crypto import decrypt_secret, encrypt_secret, secret_fingerprint
 from keys.models import (
