@@ -1,4 +1,4 @@
-"""Management API for the caller's own account and gateway API keys."""
+"""Management API for the caller's gateway API keys (`/me`, which shows balances, is billing's)."""
 
 from drf_spectacular.utils import extend_schema
 from rest_framework import status
@@ -7,22 +7,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.selectors import api_key_get_for_user, api_key_list
-from accounts.serializers import ApiKeyCreatedSerializer, ApiKeySerializer, MeSerializer
+from accounts.serializers import ApiKeyCreatedSerializer, ApiKeySerializer
 from accounts.services import api_key_create, api_key_revoke
-from billing.money import usd_str
-from billing.selectors import balances_for_owner
-
-
-class MeApi(APIView):
-    @extend_schema(responses=MeSerializer, summary="The signed-in user and their balances")
-    def get(self, request: Request) -> Response:
-        balances = balances_for_owner(owner=request.user)
-        return Response(
-            {
-                "email": request.user.email,
-                "balance": {"main": usd_str(balances.main), "frozen": usd_str(balances.frozen)},
-            }
-        )
 
 
 class ApiKeyListCreateApi(APIView):

@@ -9,6 +9,8 @@ from django.contrib.auth.models import AbstractUser, BaseUserManager
 from django.db import models
 from django.db.models import Q
 
+from core.masking import masked_head
+
 
 class UserManager(BaseUserManager):
     use_in_migrations = True
@@ -110,7 +112,11 @@ class ApiKey(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.name} ({self.prefix}…)"
+        return f"{self.name} ({self.masked})"
+
+    @property
+    def masked(self) -> str:
+        return masked_head(self.prefix)
 
     @property
     def is_active(self) -> bool:

@@ -50,12 +50,3 @@ class ApiKeyCreatedSerializer(ApiKeySerializer):
     class Meta(ApiKeySerializer.Meta):
         fields = [*ApiKeySerializer.Meta.fields, "key"]
 
-
-class BalanceSerializer(serializers.Serializer):
-    main = serializers.CharField(help_text="USD, decimal string")
-    frozen = serializers.CharField(help_text="USD, decimal string")
-
-
-class MeSerializer(serializers.Serializer):
-    email = serializers.EmailField()
-    balance = BalanceSerializer()

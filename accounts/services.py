@@ -9,7 +9,8 @@ from django.utils import timezone
 from django.utils.text import slugify
 
 from accounts.models import ApiKey, Membership, Organization, User
-from billing.services import signup_credit_grant
+from accounts.signals import user_signed_up
+from core.errors import ServiceError
 
 API_KEY_PREFIX = "hr-"
 API_KEY_RANDOM_BYTES = 32
@@ -20,7 +21,7 @@ ORG_NOT_A_MEMBER = "You are not a member of that organization."
 ORG_OWNER_REQUIRED = "Only an organization's owners can do that."
 
 
-class AccountsError(ValueError):
+class AccountsError(ServiceError):
     """A refused account operation; the message is safe to show."""
 
 
@@ -29,8 +30,11 @@ def api_key_hash(raw_key: str) -> str:
 
 
 def user_signup_complete(*, user: User) -> None:
-    """Everything a new account gets: today, the signup credit (exactly once)."""
-    signup_credit_grant(user=user)
+    """Everything a new account gets, from the apps above accounts (billing: the signup credit, once).
+
+    Caller holds the transaction that created `user`, so a refused welcome undoes the sign-up.
+    """
+    user_signed_up.send(sender=User, user=user)
 
 
 def user_create(*, email: str, password: str | None = None, **extra) -> User:
@@ -52,7 +56,7 @@ def api_key_create(
 ) -> tuple[ApiKey, str]:
     """Create a gateway API key; returns it with the raw key, which is never stored or shown again."""
     if organization is not None and not Membership.objects.filter(organization=organization, user=user).exists():
-        raise AccountsError(ORG_NOT_A_MEMBER)
+        raise AccountsError(ORG_NOT_A_MEMBER, code="not_a_member", status_code=403)
     raw = API_KEY_PREFIX + secrets.token_urlsafe(API_KEY_RANDOM_BYTES)
     api_key = ApiKey.objects.create(
         user=user,
@@ -100,7 +104,7 @@ def organization_member_add(
     *, organization: Organization, actor: User, user: User, role: str = Membership.Role.MEMBER
 ) -> Membership:
     if not Membership.objects.filter(organization=organization, user=actor, role=Membership.Role.OWNER).exists():
-        raise AccountsError(ORG_OWNER_REQUIRED)
+        raise AccountsError(ORG_OWNER_REQUIRED, code="not_org_owner", status_code=403)
     membership, _ = Membership.objects.update_or_create(
         organization=organization, user=user, defaults={"role": role}
     )

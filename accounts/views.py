@@ -1,16 +1,19 @@
-"""Dashboard pages for the signed-in member. Thin: parse, call a service, render."""
+"""Dashboard pages for the signed-in member. Thin: parse, call a service, render.
+
+The balance cards on the dashboard come from billing's context processor (accounts sits below
+billing); the organizations page, which shows balances, is billing's.
+"""
 
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
-from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django.views.decorators.http import require_GET, require_POST
 from django.views.decorators.vary import vary_on_headers
 from django_htmx.middleware import HtmxDetails
 
-from accounts.forms import ApiKeyForm, OrganizationForm
-from accounts.selectors import api_key_get_for_user, api_key_list, organization_list
-from accounts.services import api_key_create, api_key_revoke, organization_create
-from billing.selectors import balances_for_owner
+from accounts.forms import ApiKeyForm
+from accounts.selectors import api_key_get_for_user, api_key_list
+from accounts.services import api_key_create, api_key_revoke
 
 
 class HtmxHttpRequest(HttpRequest):
@@ -30,7 +33,6 @@ def _render_keys(request: HtmxHttpRequest, *, form: ApiKeyForm, new_key: str | N
         "form": form,
         "new_key": new_key,
         "api_keys": api_key_list(user=request.user),
-        "balances": balances_for_owner(owner=request.user),
     }
     return render(request, template, context, status=status)
 
@@ -60,21 +62,3 @@ def api_key_revoke_view(request: HtmxHttpRequest, key_id: int) -> HttpResponse:
         return redirect("dashboard")
     return _render_keys(request, form=ApiKeyForm())
 
-
-@require_http_methods(["GET", "POST"])
-@login_required
-def organizations(request: HtmxHttpRequest) -> HttpResponse:
-    form = OrganizationForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
-        organization_create(owner=request.user, name=form.cleaned_data["name"])
-        return redirect("organizations")
-    rows = [
-        {
-            "organization": org,
-            "role": org.memberships.get(user=request.user).get_role_display(),
-            "members": org.memberships.count(),
-            "balance": balances_for_owner(owner=org).main,
-        }
-        for org in organization_list(user=request.user)
-    ]
-    return render(request, "accounts/organizations.html", {"form": form, "rows": rows})

@@ -8,6 +8,7 @@ from drf_spectacular.views import (
 )
 
 from accounts.urls import api_urlpatterns as accounts_api
+from billing.urls import api_urlpatterns as billing_api
 
 
 def healthz(request):
@@ -16,6 +17,7 @@ def healthz(request):
 
 api_v1 = [
     *accounts_api,
+    *billing_api,
     path("", include("keys.urls")),
     path("", include("exchange.urls")),
     path("", include("payouts.urls")),
@@ -32,6 +34,7 @@ urlpatterns = [
     path("_allauth/", include("allauth.headless.urls")),
     path("api/v1/", include(api_v1)),
     path("dashboard/exchange/", include("payouts.page_urls")),
-    path("dashboard/keys/", include("keys.page_urls")),
+    path("dashboard/keys/", include("pool.page_urls")),
+    path("", include("billing.urls")),
     path("", include("accounts.urls")),
 ]

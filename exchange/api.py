@@ -7,6 +7,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from billing.money import usd_str
+from core.masking import masked_tail
 from exchange.selectors import (
     ResolvedRate,
     exchange_earning_daily,
@@ -24,6 +25,7 @@ from exchange.serializers import (
 from keys.selectors import provider_list
 
 EARNINGS_BAD_KEY = "key must be the id of one of your provider keys."
+KEY_REMOVED = "(removed)"  # a removed key's history: its secret, tail included, was scrubbed
 
 
 def _rate(rate: ResolvedRate) -> dict:
@@ -55,7 +57,7 @@ def earnings_for(user) -> dict:
         {
             "key_id": row["provider_key_id"],
             "label": row["provider_key__label"],
-            "masked": f"…{row['provider_key__secret_last4']}" if row["provider_key__secret_last4"] else "(removed)",
+            "masked": masked_tail(row["provider_key__secret_last4"], missing=KEY_REMOVED),
             "provider": row["provider_key__provider__slug"],
             "requests": row["requests"],
             "settled_cost": usd_str(row["settled_cost"] or 0),

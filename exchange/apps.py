@@ -4,3 +4,10 @@ from django.apps import AppConfig
 class ExchangeConfig(AppConfig):
     name = "exchange"
     verbose_name = "Provider exchange"
+
+    def ready(self) -> None:
+        from exchange.selectors import exchange_listing_refusal
+        from keys.services import exchange_check_register
+
+        # keys sits below exchange: it asks the rules registered here before listing a key.
+        exchange_check_register(exchange_listing_refusal)

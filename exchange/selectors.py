@@ -17,10 +17,14 @@ from django.db.models.functions import TruncDate
 from accounts.models import Organization, User
 from billing.models import Account
 from exchange.models import ExchangeEarning, PayoutRateRule, Task, rule_scope
+from keys.services import ProviderKeyError
 
 Scope = PayoutRateRule.Scope
 PERCENT_QUANTUM = Decimal("0.01")
 ZERO = Decimal("0.00")
+
+EXCHANGE_CLOSED = "exchange closed: the platform is not routing traffic to exchange keys right now."
+EXCHANGE_RATE_ZERO = "exchange disabled: the payout rate for {provider} keys is 0% for you."
 
 
 @dataclass(frozen=True)
@@ -154,6 +158,18 @@ def exchange_routing_enabled() -> bool:
 def exchange_open_at(global_percent: Decimal | None) -> bool:
     """Whether a global rule's percent (None: no rule, the default applies) lets exchange keys route."""
     return (default_payout_rate() if global_percent is None else global_percent) > 0
+
+
+def exchange_listing_refusal(*, provider, owner_user: User | None) -> ProviderKeyError | None:
+    """The exchange's rules for listing a key (registered with keys, which asks them): why a key of
+    this provider and owner may not be listed now, or None."""
+    if not exchange_routing_enabled():
+        return ProviderKeyError(EXCHANGE_CLOSED, code="exchange_closed")
+    # Provider level (task ""): the rate the dashboard shows as the provider's state for this owner. A 0%
+    # rule for one task only still lets the key in; that task then earns nothing (exchange settlement).
+    if payout_rate_resolve(user=owner_user, provider=provider, task="").percent <= 0:
+        return ProviderKeyError(EXCHANGE_RATE_ZERO.format(provider=provider.name), code="exchange_disabled")
+    return None
 
 
 @dataclass(frozen=True)

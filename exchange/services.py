@@ -8,6 +8,7 @@ from accounts.models import Organization, User
 from billing.models import Account, LedgerTransaction
 from billing.money import percent_of
 from billing.services import account_for_owner, ledger_transfer, platform_account
+from core.errors import ServiceError
 from exchange.models import ExchangeEarning, PayoutRateRule
 from exchange.selectors import PERCENT_QUANTUM, ResolvedRate
 
@@ -17,7 +18,7 @@ EARNING_NO_REQUEST_ID = "An earning needs the request id it is for."
 GLOBAL_RATE_INVALID = "The global rate is a percentage from 0 to 100 with at most two decimals."
 
 
-class ExchangeError(ValueError):
+class ExchangeError(ServiceError):
     """A refused exchange operation. Nothing was written; the message is safe to show."""
 
 

@@ -1,7 +1,7 @@
 """Management API for the caller's provider keys and the provider catalogue.
 
 Refusals answer 400 (409 for a duplicate secret, 403 for an organization the caller does not own)
-with `{"detail": <why>, "code": <stable code>}`. The secret is accepted on POST and never rendered;
+in the management API's one error shape (core.exceptions): `{"detail": <why>, "code": <stable code>}`. The secret is accepted on POST and never rendered;
 the views are marked so that Django's error reports hide it (`sensitive_post_parameters`,
 `sensitive_variables`; keys.reporting keeps those markers active even with DEBUG on).
 """
@@ -15,6 +15,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.models import Organization
+from core.exceptions import ApiError
 from keys.selectors import (
     pool_consent_for_user,
     provider_get_by_slug,
@@ -34,7 +35,6 @@ from keys.serializers import (
 from keys.services import (
     POOL_CONSENT_TEXT,
     POOL_CONSENT_VERSION,
-    ProviderKeyError,
     exchange_refusal,
     provider_key_create,
     provider_key_deactivate,
@@ -45,10 +45,6 @@ from keys.services import (
 
 PROVIDER_UNKNOWN = "unknown provider: {slug!r} is not in the catalogue."
 ORGANIZATION_UNKNOWN = "unknown organization: you are not a member of {slug!r}."
-
-
-def _refused(error: ProviderKeyError) -> Response:
-    return Response({"detail": str(error), "code": error.code}, status=error.status)
 
 
 def _detail(key, *, status_code: int = status.HTTP_200_OK) -> Response:
@@ -77,22 +73,14 @@ class ProviderKeyListCreateApi(APIView):
         provider = provider_get_by_slug(slug=data.pop("provider"))
         if provider is None:
             slug = serializer.validated_data["provider"]
-            return Response(
-                {"detail": PROVIDER_UNKNOWN.format(slug=slug), "code": "unknown_provider"}, status=400
-            )
+            raise ApiError(PROVIDER_UNKNOWN.format(slug=slug), code="unknown_provider")
         owner = request.user
         org_slug = data.pop("organization", None)
         if org_slug:
             owner = Organization.objects.filter(slug=org_slug, memberships__user=request.user).first()
             if owner is None:
-                return Response(
-                    {"detail": ORGANIZATION_UNKNOWN.format(slug=org_slug), "code": "unknown_organization"},
-                    status=400,
-                )
-        try:
-            key = provider_key_create(owner=owner, provider=provider, actor=request.user, **data)
-        except ProviderKeyError as error:
-            return _refused(error)
+                raise ApiError(ORGANIZATION_UNKNOWN.format(slug=org_slug), code="unknown_organization")
+        key = provider_key_create(owner=owner, provider=provider, actor=request.user, **data)
         key.refresh_from_db()
         return _detail(key, status_code=status.HTTP_201_CREATED)
 
@@ -111,10 +99,7 @@ class ProviderKeyDetailApi(APIView):
         key = provider_key_get_for_user(user=request.user, key_id=key_id)
         serializer = ProviderKeyUpdateSerializer(data=request.data, partial=True)
         serializer.is_valid(raise_exception=True)
-        try:
-            key = provider_key_update(key=key, actor=request.user, **serializer.validated_data)
-        except ProviderKeyError as error:
-            return _refused(error)
+        key = provider_key_update(key=key, actor=request.user, **serializer.validated_data)
         return _detail(key)
 
     @extend_schema(
@@ -123,10 +108,7 @@ class ProviderKeyDetailApi(APIView):
     )
     def delete(self, request: Request, key_id: int) -> Response:
         key = provider_key_get_for_user(user=request.user, key_id=key_id)
-        try:
-            key = provider_key_deactivate(key=key, actor=request.user, remove=True)
-        except ProviderKeyError as error:
-            return _refused(error)
+        key = provider_key_deactivate(key=key, actor=request.user, remove=True)
         key.refresh_from_db()
         return _detail(key, status_code=status.HTTP_202_ACCEPTED)
 
@@ -134,10 +116,7 @@ class ProviderKeyDetailApi(APIView):
 def _owner_action(request: Request, key_id: int, service) -> Response:
     """Run one of the owner's key actions (a keys service) on their own key and render the result."""
     key = provider_key_get_for_user(user=request.user, key_id=key_id)
-    try:
-        key = service(key=key, actor=request.user)
-    except ProviderKeyError as error:
-        return _refused(error)
+    key = service(key=key, actor=request.user)
     key.refresh_from_db()
     return _detail(key)
 

@@ -35,7 +35,7 @@ def _multi_fernet(keys: tuple[str, ...]) -> MultiFernet:
 
 
 def _keys() -> tuple[str, ...]:
-    keys = tuple(k for k in getattr(settings, "HEADROOM_FIELD_ENCRYPTION_KEYS", ()) if k)
+    keys = tuple(k for k in settings.HEADROOM_FIELD_ENCRYPTION_KEYS if k)
     if not keys:
         raise ImproperlyConfigured(NO_ENCRYPTION_KEYS)
     return keys

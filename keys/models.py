@@ -27,6 +27,8 @@ from django.db.models import Q
 from django.utils import timezone
 from django_fsm import ConcurrentTransitionMixin, FSMField, transition
 
+from core.masking import masked_tail
+
 
 class Provider(models.Model):
     class ApiStyle(models.TextChoices):
@@ -222,7 +224,7 @@ class ProviderKey(ConcurrentTransitionMixin, models.Model):
     @property
     def masked(self) -> str:
         # Kept after a removal scrubs the secret: the owner can still tell which key a history belongs to.
-        return f"…{self.secret_last4}" if self.secret_last4 else "…"
+        return masked_tail(self.secret_last4)
 
     @property
     def owner(self):

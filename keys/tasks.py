@@ -106,7 +106,7 @@ def provider_keys_probe_paused_task() -> int:
 def provider_keys_sweep_task() -> dict:
     """Finish DISABLING keys, verify PENDING keys whose verification was lost or gave up, and drop
     leases of requests that died with their gateway process."""
-    stale = timezone.now() - timedelta(seconds=int(getattr(settings, "HEADROOM_PENDING_RECHECK_AFTER", 600)))
+    stale = timezone.now() - timedelta(seconds=settings.HEADROOM_PENDING_RECHECK_AFTER)
     disabling = list(ProviderKey.objects.filter(status=Status.DISABLING).values_list("pk", flat=True))
     pending = list(
         ProviderKey.objects.filter(status=Status.PENDING, updated_at__lt=stale).values_list("pk", flat=True)

@@ -37,7 +37,7 @@ class UpstreamRefused(ValueError):
 
 
 def private_upstreams_allowed() -> bool:
-    return bool(getattr(settings, "HEADROOM_ALLOW_PRIVATE_UPSTREAMS", False))
+    return settings.HEADROOM_ALLOW_PRIVATE_UPSTREAMS
 
 
 def address_is_public(address: str) -> bool:

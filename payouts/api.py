@@ -6,9 +6,10 @@ Money-moving POSTs honour `Idempotency-Key` and parse JSON numbers exactly
 An organization's frozen balance (earned by provider keys it owns) is moved by
 sending its slug as `organization` (a body field on POST, a query parameter on
 GET for its history); without it the caller's own balance and history are used.
-Refusals answer 400 with `{"detail": <why>}`, and 403 when the caller is a
-member but not an owner of the organization. A slug the caller is not a member
-of answers the same 400 whether or not it exists.
+Refusals answer 400 in the management API's one error shape (core.exceptions),
+`{"detail": <why>, "code": <stable code>}`, and 403 when the caller is a member
+but not an owner of the organization. A slug the caller is not a member of
+answers the same 400 whether or not it exists.
 """
 
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -22,7 +23,7 @@ from rest_framework.views import APIView
 from accounts.models import Organization
 from billing.money import usd_str
 from billing.selectors import BillingOwner, balances_for_owner
-from payouts.idempotency import IDEMPOTENCY_HEADER, idempotent_response
+from core.idempotency import IDEMPOTENCY_HEADER, idempotent_response
 from payouts.parsers import DecimalJSONParser
 from payouts.selectors import (
     conversion_list,
@@ -54,8 +55,9 @@ IDEMPOTENCY_PARAMETER = OpenApiParameter(
     IDEMPOTENCY_HEADER,
     location=OpenApiParameter.HEADER,
     required=False,
-    description="Any unique string (≤255 characters). A retry with the same key and body returns the first "
-    "response; the same key with another body gets 422.",
+    description="Any unique string (≤255 characters). A retry with the same key and request (compared as parsed: "
+    '"0.10" and 0.1 are the same amount) returns the first response; the same key with another request gets 422. '
+    "A key is remembered for 24 hours.",
 )
 
 ORGANIZATION_PARAMETER = OpenApiParameter(
@@ -76,18 +78,13 @@ def _balances(owner: BillingOwner) -> dict:
     return {"main": usd_str(balances.main), "frozen": usd_str(balances.frozen)}
 
 
-def _refused(error: PayoutError) -> Response:
-    code = status.HTTP_403_FORBIDDEN if isinstance(error, PayoutForbidden) else status.HTTP_400_BAD_REQUEST
-    return Response({"detail": str(error)}, status=code)
-
-
 def _owner(request: Request, slug: str | None) -> BillingOwner:
     """The caller, or the organization `slug` names among the caller's; PayoutError for any other slug."""
     if not slug:
         return request.user
     organization = organization_for_member(user=request.user, slug=slug)
     if organization is None:
-        raise PayoutError(ORGANIZATION_UNKNOWN.format(slug=slug[:100]))
+        raise PayoutError(ORGANIZATION_UNKNOWN.format(slug=slug[:100]), code="unknown_organization")
     return organization
 
 
@@ -116,10 +113,7 @@ class ConversionListCreateApi(MoneyMovingApi):
         summary="Your conversions (or an organization's you own), newest first",
     )
     def get(self, request: Request) -> Response:
-        try:
-            owner = _history_owner(request)
-        except PayoutError as error:
-            return _refused(error)
+        owner = _history_owner(request)
         return _paginated(request, self, conversion_list(owner=owner), ConversionSerializer)
 
     @extend_schema(
@@ -129,19 +123,17 @@ class ConversionListCreateApi(MoneyMovingApi):
         summary="Convert frozen balance to main balance (minimum $0.10)",
     )
     def post(self, request: Request) -> Response:
+        serializer = ConversionCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+
         def handler() -> Response:
-            serializer = ConversionCreateSerializer(data=request.data)
-            serializer.is_valid(raise_exception=True)
-            data = serializer.validated_data
-            try:
-                owner = _owner(request, data.get("organization"))
-                conversion = conversion_create(owner=owner, actor=request.user, amount=data["amount"])
-            except PayoutError as error:
-                return _refused(error)
+            owner = _owner(request, data.get("organization"))
+            conversion = conversion_create(owner=owner, actor=request.user, amount=data["amount"])
             body = {**ConversionSerializer(conversion).data, "balance": _balances(owner)}
             return Response(body, status=status.HTTP_201_CREATED)
 
-        return idempotent_response(request, handler)
+        return idempotent_response(request, payload=data, handler=handler)
 
 
 class WithdrawalListCreateApi(MoneyMovingApi):
@@ -151,10 +143,7 @@ class WithdrawalListCreateApi(MoneyMovingApi):
         summary="Your withdrawals (or an organization's you own) and their states",
     )
     def get(self, request: Request) -> Response:
-        try:
-            owner = _history_owner(request)
-        except PayoutError as error:
-            return _refused(error)
+        owner = _history_owner(request)
         return _paginated(request, self, withdrawal_list(owner=owner), WithdrawalSerializer)
 
     @extend_schema(
@@ -164,19 +153,18 @@ class WithdrawalListCreateApi(MoneyMovingApi):
         summary="Request a crypto withdrawal (minimum $10.00); the amount is held at once",
     )
     def post(self, request: Request) -> Response:
+        serializer = WithdrawalCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+
         def handler() -> Response:
-            serializer = WithdrawalCreateSerializer(data=request.data)
-            serializer.is_valid(raise_exception=True)
-            data = dict(serializer.validated_data)
-            try:
-                owner = _owner(request, data.pop("organization", None))
-                withdrawal = withdrawal_request(owner=owner, actor=request.user, **data)
-            except PayoutError as error:
-                return _refused(error)
+            fields = dict(data)
+            owner = _owner(request, fields.pop("organization", None))
+            withdrawal = withdrawal_request(owner=owner, actor=request.user, **fields)
             body = {**WithdrawalSerializer(withdrawal).data, "balance": _balances(owner)}
             return Response(body, status=status.HTTP_201_CREATED)
 
-        return idempotent_response(request, handler)
+        return idempotent_response(request, payload=data, handler=handler)
 
 
 class WithdrawalDetailApi(APIView):

@@ -19,8 +19,8 @@ Design:
 - The billing owner is the member (`organization` empty) or the organization
   (`organization` set); `user` is always the member who asked — for an
   organization, one of its owners (payouts.services checks the role).
-- `IdempotencyRecord` remembers the first response to a money-moving POST sent
-  with an `Idempotency-Key` header, so a client retry replays it.
+- Money-moving POSTs honour an `Idempotency-Key` header (core.idempotency), so
+  a client retry replays the first response.
 """
 
 import uuid
@@ -179,23 +179,3 @@ class WithdrawalEvent(models.Model):
     def __str__(self) -> str:
         return f"{self.from_state or '∅'} → {self.to_state}"
 
-
-class IdempotencyRecord(models.Model):
-    """The first response to a money-moving POST carrying an `Idempotency-Key`.
-
-    Keyed per user; the request hash covers method, path and the parsed body,
-    so the same key sent with another request is recognised and refused.
-    """
-
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
-    key = models.CharField(max_length=255)
-    request_hash = models.CharField(max_length=64)
-    response_status = models.PositiveSmallIntegerField(null=True)
-    response_body = models.JSONField(null=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-
-    class Meta:
-        constraints = [models.UniqueConstraint(fields=["user", "key"], name="idempotency_unique_user_key")]
-
-    def __str__(self) -> str:
-        return f"Idempotency record {self.pk}"

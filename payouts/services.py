@@ -22,6 +22,7 @@ from billing.services import (
     ledger_transfer,
     platform_account,
 )
+from core.errors import ServiceError
 from payouts.addresses import address_is_valid, tx_hash_is_valid
 from payouts.models import Conversion, Withdrawal, WithdrawalEvent, WithdrawalNetwork
 from payouts.selectors import organization_is_owned_by
@@ -47,12 +48,17 @@ PAYOUT_NOT_ORG_OWNER = (
 PAYOUT_NOT_YOURS = "You can move only your own frozen balance, or that of an organization you own."
 
 
-class PayoutError(ValueError):
+class PayoutError(ServiceError):
     """A refused payout operation. Nothing was written; the message is safe to show."""
+
+    code = "payout_refused"
 
 
 class PayoutForbidden(PayoutError):
     """Refused because of who asked rather than what they asked for (the API answers 403)."""
+
+    code = "permission_denied"
+    status_code = 403
 
 
 def _check_actor(*, owner: BillingOwner, actor: User) -> Organization | None:
@@ -73,10 +79,6 @@ def _check_actor(*, owner: BillingOwner, actor: User) -> Organization | None:
     return None
 
 
-def _minimum(setting_name: str) -> int:
-    return parse_usd(getattr(settings, setting_name))
-
-
 def conversion_create(*, owner: BillingOwner, actor: User, amount: int) -> Conversion:
     """Move `amount` nanodollars from the owner's frozen balance to the owner's main balance.
 
@@ -85,9 +87,9 @@ def conversion_create(*, owner: BillingOwner, actor: User, amount: int) -> Conve
     the frozen account, so concurrent conversions never take more than is there.
     """
     organization = _check_actor(owner=owner, actor=actor)
-    minimum = _minimum("HEADROOM_CONVERSION_MINIMUM")
+    minimum = parse_usd(settings.HEADROOM_CONVERSION_MINIMUM)
     if amount < minimum:
-        raise PayoutError(CONVERSION_BELOW_MINIMUM.format(minimum=format_usd(minimum)))
+        raise PayoutError(CONVERSION_BELOW_MINIMUM.format(minimum=format_usd(minimum)), code="below_minimum")
     frozen = account_for_owner(owner=owner, kind=Account.Kind.FROZEN)
     main = account_for_owner(owner=owner, kind=Account.Kind.MAIN)
     reference = uuid.uuid4()
@@ -106,14 +108,14 @@ def conversion_create(*, owner: BillingOwner, actor: User, amount: int) -> Conve
             )
     except InsufficientFunds:
         frozen.refresh_from_db(fields=["balance"])
-        raise PayoutError(CONVERSION_ABOVE_BALANCE.format(balance=format_usd(frozen.balance))) from None
+        raise PayoutError(CONVERSION_ABOVE_BALANCE.format(balance=format_usd(frozen.balance)), code="insufficient_balance") from None
 
 
 def _network_for_request(code: str) -> WithdrawalNetwork:
     network = WithdrawalNetwork.objects.filter(code__iexact=code.strip(), is_active=True).first()
     if network is None:
         choices = ", ".join(WithdrawalNetwork.objects.filter(is_active=True).values_list("code", flat=True))
-        raise PayoutError(WITHDRAWAL_UNKNOWN_NETWORK.format(network=code.strip()[:40], choices=choices or "none"))
+        raise PayoutError(WITHDRAWAL_UNKNOWN_NETWORK.format(network=code.strip()[:40], choices=choices or "none"), code="unknown_network")
     return network
 
 
@@ -127,14 +129,15 @@ def withdrawal_request(
     network, to an address in that network's format.
     """
     organization = _check_actor(owner=owner, actor=actor)
-    minimum = _minimum("HEADROOM_WITHDRAWAL_MINIMUM")
+    minimum = parse_usd(settings.HEADROOM_WITHDRAWAL_MINIMUM)
     if amount < minimum:
-        raise PayoutError(WITHDRAWAL_BELOW_MINIMUM.format(minimum=format_usd(minimum)))
+        raise PayoutError(WITHDRAWAL_BELOW_MINIMUM.format(minimum=format_usd(minimum)), code="below_minimum")
     chosen = _network_for_request(network)
     address = address.strip()
     if not address_is_valid(address_format=chosen.address_format, address=address):
         raise PayoutError(
-            WITHDRAWAL_BAD_ADDRESS.format(network=chosen.code, format=chosen.get_address_format_display())
+            WITHDRAWAL_BAD_ADDRESS.format(network=chosen.code, format=chosen.get_address_format_display()),
+            code="invalid_address",
         )
     frozen = account_for_owner(owner=owner, kind=Account.Kind.FROZEN)
     payable = platform_account(Account.Kind.WITHDRAWALS_PAYABLE)
@@ -164,7 +167,7 @@ def withdrawal_request(
             return withdrawal
     except InsufficientFunds:
         frozen.refresh_from_db(fields=["balance"])
-        raise PayoutError(WITHDRAWAL_ABOVE_BALANCE.format(balance=format_usd(frozen.balance))) from None
+        raise PayoutError(WITHDRAWAL_ABOVE_BALANCE.format(balance=format_usd(frozen.balance)), code="insufficient_balance") from None
 
 
 def _withdrawal_lock(withdrawal_id: int) -> Withdrawal:
@@ -184,14 +187,15 @@ def _decide(*, withdrawal_id: int, actor: User, transition_name: str, apply, pos
     refuses the save as well should the row ever change under us.
     """
     if not actor.has_perm(Withdrawal.PROCESS_PERMISSION):
-        raise PayoutError(WITHDRAWAL_NOT_PERMITTED)
+        raise PayoutError(WITHDRAWAL_NOT_PERMITTED, code="permission_denied")
     try:
         with transaction.atomic():
             withdrawal = _withdrawal_lock(withdrawal_id)
             method = getattr(withdrawal, transition_name)
             if not can_proceed(method):
                 raise PayoutError(
-                    WITHDRAWAL_NOT_PENDING.format(id=withdrawal.pk, state=withdrawal.get_state_display().lower())
+                    WITHDRAWAL_NOT_PENDING.format(id=withdrawal.pk, state=withdrawal.get_state_display().lower()),
+                    code="not_pending",
                 )
             from_state = withdrawal.state
             apply(withdrawal)
@@ -208,7 +212,8 @@ def _decide(*, withdrawal_id: int, actor: User, transition_name: str, apply, pos
     except ConcurrentTransition:
         current = Withdrawal.objects.get(pk=withdrawal_id)
         raise PayoutError(
-            WITHDRAWAL_NOT_PENDING.format(id=current.pk, state=current.get_state_display().lower())
+            WITHDRAWAL_NOT_PENDING.format(id=current.pk, state=current.get_state_display().lower()),
+            code="not_pending",
         ) from None
 
 
@@ -218,7 +223,7 @@ def withdrawal_mark_paid(*, withdrawal_id: int, actor: User, tx_hash: str) -> Wi
 
     def apply(withdrawal: Withdrawal) -> None:
         if not tx_hash_is_valid(address_format=withdrawal.network.address_format, tx_hash=tx_hash):
-            raise PayoutError(WITHDRAWAL_BAD_TX_HASH.format(network=withdrawal.network.code))
+            raise PayoutError(WITHDRAWAL_BAD_TX_HASH.format(network=withdrawal.network.code), code="invalid_tx_hash")
         withdrawal.mark_paid(by=actor, tx_hash=tx_hash, at=timezone.now())
 
     def post(withdrawal: Withdrawal) -> LedgerTransaction:
@@ -238,7 +243,7 @@ def withdrawal_reject(*, withdrawal_id: int, actor: User, note: str) -> Withdraw
     """An admin refused the withdrawal: the hold returns to the frozen balance it came from."""
     note = note.strip()
     if not note:
-        raise PayoutError(WITHDRAWAL_REJECT_NEEDS_NOTE)
+        raise PayoutError(WITHDRAWAL_REJECT_NEEDS_NOTE, code="note_required")
 
     def apply(withdrawal: Withdrawal) -> None:
         withdrawal.reject(by=actor, note=note[:500], at=timezone.now())

@@ -2,6 +2,7 @@
 
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
+from rest_framework.exceptions import ValidationError
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -19,6 +20,7 @@ from pool.selectors import (
 )
 
 MAX_USAGE_ROWS = 500
+USAGE_LIMIT_NOT_A_NUMBER = "Must be a whole number."
 
 
 class RequestRecordSerializer(serializers.ModelSerializer):
@@ -75,7 +77,7 @@ class UsageApi(APIView):
         try:
             limit = max(1, min(int(request.query_params.get("limit", 100)), MAX_USAGE_ROWS))
         except ValueError:
-            return Response({"limit": ["Must be a whole number."]}, status=400)
+            raise ValidationError({"limit": [USAGE_LIMIT_NOT_A_NUMBER]}) from None
         rows = request_list_for_user(user_id=request.user.pk)[:limit]
         return Response(RequestRecordSerializer(rows, many=True).data)
 

@@ -35,6 +35,7 @@ INSTALLED_APPS = [
     "allauth",
     "allauth.account",
     "allauth.headless",
+    "core",
     "accounts",
     "billing",
     "keys",
@@ -70,6 +71,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "billing.context_processors.balances",
             ],
             "builtins": ["billing.templatetags.money", "template_partials.templatetags.partials"],
         },
@@ -122,6 +124,10 @@ CELERY_BEAT_SCHEDULE: dict = {
     "keys-probe-paused": {"task": "keys.tasks.provider_keys_probe_paused_task", "schedule": 60},
     "keys-sweep-disabling-and-pending": {"task": "keys.tasks.provider_keys_sweep_task", "schedule": 60},
     "billing-release-stale-holds": {"task": "billing.tasks.stale_holds_release_task", "schedule": 10 * 60},
+    "core-delete-expired-idempotency-keys": {
+        "task": "core.tasks.idempotency_records_delete_expired_task",
+        "schedule": 60 * 60,
+    },
 }
 
 # --- Auth ---------------------------------------------------------------------
@@ -165,7 +171,9 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "core.schema.AutoSchema",
+    # One error body for every endpoint: {"detail", "code"} (+ "fields" for validation errors).
+    "EXCEPTION_HANDLER": "core.exceptions.api_exception_handler",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Headroom management API",
@@ -211,6 +219,8 @@ LOGGING = {
 
 # --- Headroom -----------------------------------------------------------------
 HEADROOM_SIGNUP_CREDIT = "2.00"
+# How long an Idempotency-Key is remembered (seconds); a retry after that is a new request.
+HEADROOM_IDEMPOTENCY_KEY_TTL = env.int("HEADROOM_IDEMPOTENCY_KEY_TTL", default=24 * 60 * 60)
 
 # keys (issue 3) settings go below this line.
 # Error pages hide variables and POST fields marked sensitive (provider secrets) even with DEBUG on.

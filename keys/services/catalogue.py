@@ -63,7 +63,7 @@ class SyncReport:
 
 
 def providers_file() -> Path:
-    configured = getattr(settings, "HEADROOM_PROVIDERS_FILE", "") or ""
+    configured = settings.HEADROOM_PROVIDERS_FILE
     return Path(configured) if configured else DEFAULT_PROVIDERS_FILE
 
 

@@ -12,6 +12,7 @@ Side effects (verification, draining) are Celery tasks enqueued with `transactio
 take key ids only.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -24,6 +25,8 @@ from django_fsm import can_proceed
 
 from accounts.models import Membership, Organization, User
 from billing.money import format_usd, parse_usd, usd_str
+from core.errors import ServiceError
+from core.masking import secret_tail
 from keys.crypto import decrypt_secret, encrypt_secret, secret_fingerprint
 from keys.models import (
     PoolConsent,
@@ -59,8 +62,6 @@ KEY_CONSENT_REQUIRED = (
 KEY_EMAIL_UNVERIFIED = "verified e-mail required: confirm your e-mail address before donating a key to the pool."
 KEY_PROVIDER_EXCLUDED = "provider excluded from the pool: {provider} keys cannot be donated."
 KEY_EXCHANGE_UNSUPPORTED = "exchange not supported: {provider} has no balance API to verify a key against."
-KEY_EXCHANGE_CLOSED = "exchange closed: the platform is not routing traffic to exchange keys right now."
-KEY_EXCHANGE_RATE_ZERO = "exchange disabled: the payout rate for {provider} keys is 0% for you."
 KEY_EXCHANGE_BALANCE_LOW = (
     "balance too low: the exchange needs a verified provider balance of at least {minimum}; this key has {balance}."
 )
@@ -78,13 +79,8 @@ REASON_DRAIN_TIMEOUT = "in-flight count did not drain within {seconds}s; forced"
 REASON_SCRUBBED = "secret scrubbed after removal"
 
 
-class ProviderKeyError(ValueError):
+class ProviderKeyError(ServiceError):
     """A refused key operation. `message` is safe to show; `code` is stable for clients."""
-
-    def __init__(self, message: str, *, code: str = "invalid", status: int = 400):
-        super().__init__(message)
-        self.code = code
-        self.status = status
 
 
 KeyOwner = User | Organization | None  # None: the platform
@@ -105,12 +101,8 @@ def fsm_move(name: str) -> Move:
     return Move(source=tuple(t.source for t in transitions), target=transitions[0].target)
 
 
-def _setting_int(name: str, default: int) -> int:
-    return int(getattr(settings, name, default))
-
-
 def exchange_min_balance() -> int:
-    return parse_usd(str(getattr(settings, "HEADROOM_EXCHANGE_MIN_BALANCE", "0.10")))
+    return parse_usd(settings.HEADROOM_EXCHANGE_MIN_BALANCE)
 
 
 def safe_reason(text: str) -> str:
@@ -165,7 +157,7 @@ def _require_org_owner(*, organization: Organization, actor: User | None) -> Non
     if actor is None or not Membership.objects.filter(
         organization=organization, user=actor, role=Membership.Role.OWNER
     ).exists():
-        raise ProviderKeyError(KEY_NOT_ORG_OWNER, code="not_org_owner", status=403)
+        raise ProviderKeyError(KEY_NOT_ORG_OWNER, code="not_org_owner", status_code=403)
 
 
 def _has_verified_email(user: User) -> bool:
@@ -192,18 +184,27 @@ def _consent_record(*, user: User, key: ProviderKey) -> None:
     PoolConsent.objects.get_or_create(user=user, consent_version=POOL_CONSENT_VERSION, defaults={"key": key})
 
 
+# Rules a key must also pass to be listed on the exchange, owned by apps above keys: the exchange app
+# registers its own (the exchange is open; the owner's payout rate is above 0%) from its AppConfig.ready,
+# so keys can refuse a listing without importing the app that sets the rates.
+ExchangeCheck = Callable[..., "ProviderKeyError | None"]
+_exchange_checks: list[ExchangeCheck] = []
+
+
+def exchange_check_register(check: ExchangeCheck) -> None:
+    """Add `check(*, provider, owner_user) -> ProviderKeyError | None` to every exchange listing."""
+    if check not in _exchange_checks:
+        _exchange_checks.append(check)
+
+
 def exchange_refusal(*, provider: Provider, owner_user: User | None) -> ProviderKeyError | None:
     """Why a key of this provider and owner may not be listed on the exchange now, or None."""
     if not (provider.exchange_supported and provider.has_balance_api):
         return ProviderKeyError(KEY_EXCHANGE_UNSUPPORTED.format(provider=provider.name), code="exchange_unsupported")
-    from exchange.selectors import exchange_routing_enabled, payout_rate_resolve
-
-    if not exchange_routing_enabled():
-        return ProviderKeyError(KEY_EXCHANGE_CLOSED, code="exchange_closed")
-    # Provider level (task ""): the rate the dashboard shows as the provider's state for this owner. A 0%
-    # rule for one task only still lets the key in; that task then earns nothing (exchange settlement).
-    if payout_rate_resolve(user=owner_user, provider=provider, task="").percent <= 0:
-        return ProviderKeyError(KEY_EXCHANGE_RATE_ZERO.format(provider=provider.name), code="exchange_disabled")
+    for check in _exchange_checks:
+        refusal = check(provider=provider, owner_user=owner_user)
+        if refusal is not None:
+            return refusal
     return None
 
 
@@ -230,7 +231,7 @@ def provider_key_check_enrolable(*, provider: Provider, secret: str) -> tuple[st
         raise ProviderKeyError(KEY_PROVIDER_INACTIVE.format(provider=provider.name), code="provider_inactive")
     fingerprint = secret_fingerprint(secret)
     if ProviderKey.objects.filter(fingerprint=fingerprint).exclude(secret_ciphertext="").exists():
-        raise ProviderKeyError(KEY_DUPLICATE, code="duplicate_key", status=409)
+        raise ProviderKeyError(KEY_DUPLICATE, code="duplicate_key", status_code=409)
     return secret, fingerprint
 
 
@@ -278,7 +279,7 @@ def provider_key_create(
                 label=label.strip()[:100],
                 secret_ciphertext=encrypt_secret(secret),
                 fingerprint=fingerprint,
-                secret_last4=secret[-4:],
+                secret_last4=secret_tail(secret),
                 byok=byok,
                 donate_to_pool=donate_to_pool,
                 donated_at=now if donate_to_pool else None,
@@ -293,7 +294,7 @@ def provider_key_create(
     except IntegrityError:
         # Lost a race with an enrolment of the same secret (the conditional unique constraint)?
         if ProviderKey.objects.filter(fingerprint=fingerprint).exclude(secret_ciphertext="").exists():
-            raise ProviderKeyError(KEY_DUPLICATE, code="duplicate_key", status=409) from None
+            raise ProviderKeyError(KEY_DUPLICATE, code="duplicate_key", status_code=409) from None
         raise
     return key
 
@@ -386,7 +387,7 @@ def provider_key_drain(*, key_id: int) -> str:
     any request may last) the key is retired anyway and such leases are dropped.
     Returns the key's status after the call.
     """
-    timeout = timedelta(seconds=_setting_int("HEADROOM_DISABLING_TIMEOUT", 900))
+    timeout = timedelta(seconds=settings.HEADROOM_DISABLING_TIMEOUT)
     with transaction.atomic():
         try:
             key = provider_key_lock(key_id=key_id)
@@ -480,7 +481,7 @@ def provider_key_record_429(*, key_id: int, retry_after_seconds: float | None = 
     """Count an upstream 429 (and its Retry-After); at HEADROOM_PAUSE_AFTER_429S consecutive ones,
     ACTIVE → PAUSED exactly once even when processes cross the threshold together. Returns True for
     the caller that paused it."""
-    threshold = _setting_int("HEADROOM_PAUSE_AFTER_429S", 3)
+    threshold = settings.HEADROOM_PAUSE_AFTER_429S
     fields = {}
     if retry_after_seconds is not None and retry_after_seconds >= 0:
         fields["retry_after_until"] = timezone.now() + timedelta(seconds=min(float(retry_after_seconds), 86_400))
@@ -505,7 +506,7 @@ def provider_key_record_failure(*, key_id: int, reason: str) -> bool:
     """Count an upstream failure (5xx, timeout, bad reply) with a short reason in our own words; at
     HEADROOM_EXHAUST_AFTER_FAILURES consecutive ones, ACTIVE → EXHAUSTED exactly once. Returns True
     for the caller that exhausted it."""
-    threshold = _setting_int("HEADROOM_EXHAUST_AFTER_FAILURES", 5)
+    threshold = settings.HEADROOM_EXHAUST_AFTER_FAILURES
     return _count_and_move(
         key_id=key_id,
         counter="failure_count",

@@ -90,7 +90,7 @@ class CheckResult:
 
 
 def _client() -> httpx.Client:
-    timeout = float(getattr(settings, "HEADROOM_VERIFY_TIMEOUT_SECONDS", 10))
+    timeout = float(settings.HEADROOM_VERIFY_TIMEOUT_SECONDS)
     return httpx.Client(
         timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
         follow_redirects=False,
@@ -147,7 +147,7 @@ def balance_to_nanos(amount: Decimal, currency: str) -> int | None:
     if currency == "USD":
         rate = Decimal(1)
     else:
-        raw = getattr(settings, "HEADROOM_FX_RATES", {}).get(currency)
+        raw = settings.HEADROOM_FX_RATES.get(currency)
         try:
             rate = Decimal(str(raw)) if raw is not None else None
         except InvalidOperation:
@@ -321,7 +321,7 @@ def paused_key_is_due(key: ProviderKey, *, now=None) -> bool:
     now = now or timezone.now()
     if key.retry_after_until is not None:
         return key.retry_after_until <= now
-    wait = timedelta(seconds=int(getattr(settings, "HEADROOM_PROBE_PAUSED_AFTER", 60)))
+    wait = timedelta(seconds=settings.HEADROOM_PROBE_PAUSED_AFTER)
     return key.status_changed_at + wait <= now
 
 
@@ -342,7 +342,7 @@ def provider_key_probe(*, key_id: int) -> str:
             provider_key_resume_locked(key=key, actor=None, reason="probe succeeded")
             _exhaust_if_needed(key, result)
             return key.status
-        backoff = int(getattr(settings, "HEADROOM_PROBE_BACKOFF_SECONDS", 300))
+        backoff = settings.HEADROOM_PROBE_BACKOFF_SECONDS
         wait = result.retry_after if result.retry_after is not None else backoff
         key.retry_after_until = timezone.now() + timedelta(seconds=min(wait, 86_400))
         key.last_error = safe_reason(result.detail)

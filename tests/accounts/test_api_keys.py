@@ -57,7 +57,7 @@ def test_revoked_key_gets_401(user):
     assert owner.delete(f"/api/v1/api-keys/{created['id']}").status_code == 204
     response = APIClient().get("/api/v1/me", HTTP_AUTHORIZATION=f"Bearer {created['key']}")
     assert response.status_code == 401
-    assert response.json() == {"detail": "Invalid or revoked API key."}
+    assert response.json() == {"detail": "Invalid or revoked API key.", "code": "authentication_failed"}
 
 
 @pytest.mark.parametrize(
@@ -108,7 +108,10 @@ def test_another_members_key_is_404(user):
 def test_bad_fields_are_400_with_the_reason(authed_client, fields, field, reason):
     response = authed_client.post("/api/v1/api-keys", {"name": "k", **fields}, format="json")
     assert response.status_code == 400
-    assert reason in " ".join(response.json()[field])
+    body = response.json()
+    assert body["code"] == "invalid"
+    assert reason in " ".join(body["fields"][field])
+    assert body["detail"].startswith(f"{field}: ")
 
 
 def test_create_api_key_command_prints_a_working_key(user, capsys):

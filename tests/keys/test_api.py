@@ -166,7 +166,9 @@ def test_a_duplicate_key_is_409(api, make_provider):
 def test_missing_fields_are_400_with_field_errors(api):
     response = api.post("/api/v1/keys", {}, format="json")
     assert response.status_code == 400
-    assert set(response.json()) == {"provider", "secret"}
+    body = response.json()
+    assert (body["code"], set(body["fields"])) == ("invalid", {"provider", "secret"})
+    assert body["detail"].startswith(("provider: ", "secret: "))
 
 
 def test_another_members_key_is_404_everywhere(api, make_provider):

@@ -91,7 +91,7 @@ def test_the_same_secret_cannot_be_enrolled_twice_by_anyone():
     for owner, actor, other_provider in ((alice, alice, provider), (bob, bob, provider), (org, bob, ProviderFactory())):
         with pytest.raises(ProviderKeyError, match="duplicate key") as refused:
             _create(owner, other_provider, secret, actor=actor)
-        assert refused.value.code == "duplicate_key" and refused.value.status == 409
+        assert refused.value.code == "duplicate_key" and refused.value.status_code == 409
     with pytest.raises(ProviderKeyError, match="duplicate key"):
         provider_key_create(owner=None, provider=provider, secret=secret, actor=None)
     assert ProviderKey.objects.count() == 1
@@ -191,6 +191,15 @@ def test_exchange_needs_a_provider_with_a_balance_api():
     assert refused.value.code == "exchange_unsupported"
 
 
+def test_exchange_is_refused_while_the_global_payout_rate_is_zero():
+    # given the operator's global 0% switch (the exchange app's rule, which keys asks through its registry)
+    PayoutRateRule.objects.create(percent=0)
+    # then no key of any member is listed on the exchange
+    with pytest.raises(ProviderKeyError, match="exchange closed") as refused:
+        _create(UserFactory(), ProviderFactory(balance_api="deepseek"), new_secret(), exchange=True)
+    assert refused.value.code == "exchange_closed"
+
+
 def test_exchange_is_refused_when_the_owners_payout_rate_is_zero():
     user, provider = UserFactory(), ProviderFactory(balance_api="deepseek")
     PayoutRateRule.objects.create(user=user, provider=provider, percent=0)
@@ -244,7 +253,7 @@ def test_organization_keys_are_managed_by_its_owners_only():
     provider = ProviderFactory()
     with pytest.raises(ProviderKeyError, match="organization owner required") as refused:
         _create(org, provider, new_secret(), actor=member)
-    assert refused.value.status == 403
+    assert refused.value.status_code == 403
     key, _ = _create(org, provider, new_secret(), actor=boss)
     assert key.owner_org == org and key.owner_user is None
     with pytest.raises(ProviderKeyError, match="organization owner required"):

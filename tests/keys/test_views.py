@@ -1,6 +1,7 @@
 """The member's provider-keys page (/dashboard/keys/) through the Django test client: it lists only
 the member's own keys, adds a key (verified against the fake provider), shows refusals with their
-reason, runs the owner's moves, and never renders a secret."""
+reason, runs the owner's moves, and never renders a secret. The view is pool.views (its chart is pool's
+request records), the keys it shows and changes are keys'."""
 
 from datetime import timedelta
 

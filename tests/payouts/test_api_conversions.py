@@ -7,8 +7,9 @@ from django.core.management import call_command
 
 from billing.models import LedgerTransaction
 from billing.money import parse_usd
-from payouts.models import Conversion, IdempotencyRecord
-from tests.payouts.factories import frozen_balance, fund_frozen, main_balance
+from core.models import IdempotencyRecord
+from payouts.models import Conversion
+from tests.payouts.factories import ADDRESSES, frozen_balance, fund_frozen, main_balance
 
 pytestmark = pytest.mark.django_db
 
@@ -101,7 +102,10 @@ def test_malformed_json_is_a_400(authed_client, user):
 def test_with_nothing_frozen_the_refusal_names_the_balance(authed_client):
     response = authed_client.post(URL, {"amount": "0.10"}, format="json")
     assert response.status_code == 400
-    assert response.json() == {"detail": "You can convert at most your frozen balance, $0.00."}
+    assert response.json() == {
+        "detail": "You can convert at most your frozen balance, $0.00.",
+        "code": "insufficient_balance",
+    }
 
 
 def test_anonymous_gets_401(api_client):
@@ -153,11 +157,37 @@ class TestIdempotencyKey:
         authed_client.post(URL, {"amount": "0.30"}, format="json", HTTP_IDEMPOTENCY_KEY="shared")
         response = authed_client.post(
             "/api/v1/payouts/withdrawals",
-            {"amount": "0.30"},
+            {"amount": "10.00", "network": "USDT-TRC20", "address": ADDRESSES["USDT-TRC20"]},
             format="json",
             HTTP_IDEMPOTENCY_KEY="shared",
         )
         assert response.status_code == 422
+
+    def test_the_same_amount_written_differently_is_the_same_request(self, authed_client, user):
+        # given a conversion of "0.10" sent with a key
+        fund_frozen(user, "1.00")
+        first = authed_client.post(URL, {"amount": "0.10"}, format="json", HTTP_IDEMPOTENCY_KEY="conv-parsed")
+        # when the retry writes the same amount as the JSON number 0.1
+        replay = authed_client.post(
+            URL, data=b'{"amount": 0.1}', content_type="application/json", HTTP_IDEMPOTENCY_KEY="conv-parsed"
+        )
+        # then it is the same request: replayed, and the money moved once
+        assert (replay.status_code, replay["Idempotent-Replayed"]) == (201, "true")
+        assert replay.json() == first.json()
+        assert Conversion.objects.count() == 1
+
+    def test_an_expired_key_is_not_replayed(self, authed_client, user, settings):
+        # given keys that are remembered for no time at all
+        settings.HEADROOM_IDEMPOTENCY_KEY_TTL = 0
+        fund_frozen(user, "1.00")
+        authed_client.post(URL, {"amount": "0.30"}, format="json", HTTP_IDEMPOTENCY_KEY="conv-old")
+        # when the same key comes again
+        again = authed_client.post(URL, {"amount": "0.40"}, format="json", HTTP_IDEMPOTENCY_KEY="conv-old")
+        # then it is a new request, not a replay nor a reuse
+        assert again.status_code == 201
+        assert "Idempotent-Replayed" not in again
+        assert Conversion.objects.count() == 2
+        assert IdempotencyRecord.objects.filter(key="conv-old").count() == 1
 
     def test_a_refusal_is_replayed_too(self, authed_client, user):
         # given a first attempt refused for want of balance

@@ -92,7 +92,10 @@ def test_an_address_in_the_wrong_format_is_refused(authed_client, user, network,
 def test_the_address_refusal_names_the_expected_format(authed_client, user):
     fund_frozen(user, "10.00")
     response = _request(authed_client, network="USDT-ERC20", address="nope")
-    assert response.json() == {"detail": "That is not a valid USDT-ERC20 address: expected EVM (0x + 40 hex)."}
+    assert response.json() == {
+        "detail": "That is not a valid USDT-ERC20 address: expected EVM (0x + 40 hex).",
+        "code": "invalid_address",
+    }
 
 
 def test_an_unknown_or_inactive_network_is_refused_with_the_choices(authed_client, user):

@@ -7,7 +7,8 @@ from rest_framework.test import APIClient
 from accounts.models import Membership, Organization
 from billing.models import Account, LedgerEntry
 from billing.money import parse_usd
-from payouts.models import Conversion, IdempotencyRecord, Withdrawal
+from core.models import IdempotencyRecord
+from payouts.models import Conversion, Withdrawal
 from payouts.services import (
     PAYOUT_NOT_ORG_OWNER,
     PayoutError,
@@ -130,7 +131,7 @@ def test_a_plain_member_is_refused_with_403_and_nothing_moves(org, plain_member)
 
     for response in (conversion, withdrawal, history):
         assert response.status_code == 403, response.content
-        assert response.json() == {"detail": PAYOUT_NOT_ORG_OWNER}
+        assert response.json() == {"detail": PAYOUT_NOT_ORG_OWNER, "code": "permission_denied"}
     assert frozen_balance(org) == parse_usd("25.00")
     assert not Conversion.objects.exists()
     assert not Withdrawal.objects.exists()
@@ -157,9 +158,10 @@ def test_a_non_member_cannot_tell_the_organization_exists(org):
     Organization.objects.filter(pk=org.pk).update(slug="acme")
 
     assert existing.status_code == missing.status_code == 400
-    assert existing.json() == missing.json() == {"detail": UNKNOWN_ORG}
-    assert _withdraw(client, organization="acme").json() == {"detail": UNKNOWN_ORG}
-    assert client.get(WITHDRAWALS, {"organization": "acme"}).json() == {"detail": UNKNOWN_ORG}
+    refusal = {"detail": UNKNOWN_ORG, "code": "unknown_organization"}
+    assert existing.json() == missing.json() == refusal
+    assert _withdraw(client, organization="acme").json() == refusal
+    assert client.get(WITHDRAWALS, {"organization": "acme"}).json() == refusal
     assert frozen_balance(org) == parse_usd("25.00")
 
 
@@ -178,7 +180,10 @@ def test_the_minimum_and_the_balance_still_hold_for_an_organization(authed_clien
     above = authed_client.post(CONVERSIONS, {"amount": "1.01", "organization": "acme"}, format="json")
     assert below.status_code == above.status_code == 400
     assert "minimum" in below.json()["detail"]
-    assert above.json() == {"detail": "You can convert at most your frozen balance, $1.00."}
+    assert above.json() == {
+        "detail": "You can convert at most your frozen balance, $1.00.",
+        "code": "insufficient_balance",
+    }
     assert frozen_balance(org) == parse_usd("1.00")
 
 

@@ -1,5 +1,9 @@
 """The member's provider-keys page: their keys with counters and a 30-day chart, add a key, and the
-owner's moves (deactivate, remove, revalidate, reactivate). Thin: parse, call a keys service, render."""
+owner's moves (deactivate, remove, revalidate, reactivate). Thin: parse, call a keys service, render.
+
+It lives in pool, above keys, because the chart is what each key served through the gateway (pool's
+request records): keys may not import pool. The keys it lists and changes are keys' own, through
+keys' selectors and services."""
 
 from datetime import timedelta
 
@@ -63,7 +67,7 @@ def _render(request: HttpRequest, *, form: ProviderKeyForm | None = None, error:
         # A failed or exhausted key shows why, and may be verified again.
         "retry_states": (ProviderKey.Status.FAILED, ProviderKey.Status.EXHAUSTED),
     }
-    template = "keys/keys.html#keys" if request.htmx else "keys/keys.html"
+    template = "pool/provider_keys.html#keys" if request.htmx else "pool/provider_keys.html"
     return render(request, template, context, status=status)
 
 

@@ -1,8 +1,8 @@
-"""Dashboard pages (mounted at /dashboard/keys/ by config/urls.py)."""
+"""The provider-keys dashboard pages (mounted at /dashboard/keys/ by config/urls.py)."""
 
 from django.urls import path
 
-from keys import views
+from pool import views
 
 urlpatterns = [
     path("", views.provider_keys_page, name="provider_keys_page"),
