@@ -656,6 +656,8 @@ class FakeProvider:
             await resp.write_eof()
             complete = True
             return resp
+        except ConnectionError:  # the client went away mid-stream: bill what was delivered, log nothing
+            return resp
         finally:
             if record is not None and billed is not None:
                 record.billed = replace(billed, completion_tokens=sent, complete=complete)

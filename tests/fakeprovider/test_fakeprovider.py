@@ -935,7 +935,7 @@ def test_records_expose_what_was_billed_and_totals_sum_it(fake, http):
     assert fake.totals(key=OTHER).cost(1_000_000_000, 2_000_000_000) == 42 * 1_000 + 4 * 2_000
 
 
-def test_client_going_away_bills_what_was_delivered(fake):
+def test_client_going_away_bills_what_was_delivered(fake, caplog):
     fake.chunks, fake.chunk_delay = 50, 0.02
     with httpx.Client(base_url=fake.url, headers={"Authorization": f"Bearer {KEY}"}) as client:
         with client.stream("POST", "/v1/chat/completions",
@@ -949,6 +949,8 @@ def test_client_going_away_bills_what_was_delivered(fake):
     billed = _billed(fake)
     assert billed.complete is False
     assert 4 <= billed.completion_tokens < 50
+    time.sleep(0.3)  # the server would log just after its handler returns
+    assert "Error handling request" not in caplog.text  # a client hanging up is not a server error
 
 
 # --- lifecycle -----------------------------------------------------------------------------------------
