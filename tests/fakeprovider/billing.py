@@ -29,7 +29,8 @@ that full weight.
   ``response_format`` (a ``json_schema`` with its whole schema), each by the bytes of its compact JSON
   (a string ``tool_choice`` such as ``"auto"`` by its bytes), plus ``TOOLS_OVERHEAD`` (16) once when
   ``tools`` or ``functions`` is a non-empty list (the preamble a provider wraps the definitions in:
-  OpenAI renders them as a TypeScript namespace, which is always shorter than their JSON).
+  OpenAI renders them as a TypeScript-like namespace, whose text is shorter than the definitions' JSON
+  apart from that fixed wrapper, and tokenizes to far fewer tokens than bytes).
 
 Fields that do not reach the model (``model``, ``stream``, ``temperature``, ``max_tokens`` ...) are not
 counted. Not modelled: predicted outputs (``prediction``) and audio output.

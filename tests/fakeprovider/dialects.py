@@ -320,7 +320,11 @@ class Dialect:
     errors: dict[str, ErrorBuilder]
 
     def cap(self, body: dict) -> tuple[int | None, str | None]:
-        """(cap, field it came from) as this provider reads ``body``; (None, None) when uncapped."""
+        """(cap, field it came from) as this provider reads ``body``; (None, None) when uncapped.
+
+        Only a JSON integer is a cap: ``null``, ``5.0``, ``"5"`` or ``true`` fall through to the next field
+        and finally to "uncapped" — the most expensive reading, so a gateway must send plain integers.
+        """
         for field in self.cap_fields:
             value = body.get(field)
             if isinstance(value, int) and not isinstance(value, bool):

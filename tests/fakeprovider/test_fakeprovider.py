@@ -602,6 +602,8 @@ def test_realistic_key_without_cap_generates_to_the_model_limit(fake, http):
     fake.set_model_limits("fake-model", max_output_tokens=300)
     assert _chat(http, max_tokens=5000).json()["usage"]["completion_tokens"] == 300  # bounded by the model
     assert _chat(http, max_tokens=12).json()["usage"]["completion_tokens"] == 12  # a cap is used in full
+    for not_a_cap in (12.0, "12", None, True):  # only a JSON integer caps: anything else is the worst case
+        assert _chat(http, max_tokens=not_a_cap).json()["usage"]["completion_tokens"] == 300
     other = _chat(http, headers={"Authorization": f"Bearer {OTHER}"}).json()
     assert other["usage"]["completion_tokens"] == 20  # other keys stay friendly
 
