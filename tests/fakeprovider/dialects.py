@@ -308,6 +308,25 @@ OPENROUTER_ERRORS: dict[str, ErrorBuilder] = {
 }
 
 
+# --- Z.ai (Zhipu GLM) ----------------------------------------------------------------------------------
+# Z.ai answers **429 for everything** with {"error": {"code": "<business code>", "message": ...}}: 1302 the
+# account's rate limit (https://github.com/yilewang/llm-for-zotero/issues/17), 1113 no balance or
+# resource package — key-level and permanent, not a rate limit (https://github.com/iOfficeAI/AionUi/issues/557,
+# https://github.com/langgenius/dify/issues/5850), 1305 the model is busy for everyone — about neither the
+# key nor the request (https://github.com/HKUDS/nanobot/pull/3864). Only the business code tells them apart.
+
+
+def _zai(code: str, message: str) -> tuple[int, bytes]:
+    return 429, dumps({"error": {"code": code, "message": message}, "request_id": "20261203000000fake"})
+
+
+ZAI_ERRORS: dict[str, ErrorBuilder] = {
+    "rate_limit": lambda ctx: _zai("1302", "您的账户已达到速率限制，请您控制请求频率"),
+    "insufficient_quota": lambda ctx: _zai("1113", "余额不足或无可用资源包,请充值。"),
+    "overloaded": lambda ctx: _zai("1305", "该模型当前访问量过大，请您稍后再试"),
+}
+
+
 # --- dialects -----------------------------------------------------------------------------------------
 
 
@@ -357,6 +376,8 @@ DIALECTS: dict[str, Dialect] = {
         Dialect("gemini", ONLY_MAX_TOKENS, GEMINI_ERRORS),
         Dialect("anthropic", ONLY_MAX_TOKENS, ANTHROPIC_ERRORS),
         Dialect("openrouter", BOTH, OPENROUTER_ERRORS),
+        # Z.ai's chat API takes max_tokens; treated as its only cap field.
+        Dialect("zai", ONLY_MAX_TOKENS, ZAI_ERRORS),
     )
 }
 

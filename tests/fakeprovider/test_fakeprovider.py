@@ -882,6 +882,10 @@ ERROR_CASES = [
     ("openrouter", "insufficient_quota", 402, lambda b: b["error"]["code"] == 402),
     ("openrouter", "rate_limit", 429, lambda b: b["error"]["code"] == 429),
     ("openrouter", "context_length", 400, lambda b: "maximum context length" in b["error"]["message"]),
+    # Z.ai: one status (429) for a rate limit, an empty account and a busy model; only the code differs
+    ("zai", "rate_limit", 429, lambda b: b["error"]["code"] == "1302"),
+    ("zai", "insufficient_quota", 429, lambda b: b["error"]["code"] == "1113"),
+    ("zai", "overloaded", 429, lambda b: b["error"]["code"] == "1305"),
 ]
 
 
