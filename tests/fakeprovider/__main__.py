@@ -23,6 +23,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chunks", type=int, default=20, help="content chunks (= completion tokens) per answer")
     parser.add_argument("--chunk-delay-ms", type=float, default=0.0, help="wait between streamed chunks")
     parser.add_argument("--record", action="store_true", help="keep a log of requests (grows without bound)")
+    parser.add_argument("--dialect", default="openai", help="provider dialect of every key (see dialects.py)")
+    parser.add_argument("--billing", default="friendly", choices=("friendly", "realistic"),
+                        help="realistic: worst-case prompt count, answers run to the cap or the model limit")
+    parser.add_argument("--max-output-tokens", type=int, default=4096, help="model limit on realistic billing")
     args = parser.parse_args(argv)
 
     stop = threading.Event()
@@ -35,6 +39,9 @@ def main(argv: list[str] | None = None) -> None:
         chunks=args.chunks,
         chunk_delay=args.chunk_delay_ms / 1000,
         record=args.record,
+        dialect=args.dialect,
+        billing=args.billing,
+        max_output_tokens=args.max_output_tokens,
     ).start()
     print(f"fakeprovider listening on {fake.url}", flush=True)
     try:

@@ -21,6 +21,8 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from keys.balance import (
     BalanceParseError,
@@ -28,7 +30,7 @@ from keys.balance import (
     FollowUpRequired,
     parse_balance,
 )
-from tests.fakeprovider import FakeProvider, mask_key
+from tests.fakeprovider import DIALECTS, Billed, FakeProvider, Totals, billing, dialects, mask_key
 
 KEY = "sk-test-abcdEFGH-ijklMNOP-1234"
 OTHER = "sk-test-zyxwVUTS-rqpoNMLK-9876"
@@ -544,6 +546,417 @@ def test_recording_can_be_disabled():
     with FakeProvider(record=False) as fake, httpx.Client(base_url=fake.url) as client:
         client.get("/v1/models", headers={"Authorization": "Bearer k"})
         assert fake.requests == []
+
+
+# --- issue 12: billing exactly as a real provider would -------------------------------------------
+
+
+def _billed(fake):
+    """The ``Billed`` of the only chat completion served since the last reset."""
+    (record,) = [r for r in fake.requests if r.path.endswith("/chat/completions")]
+    return record.billed
+
+
+def _stream_chunks(response: httpx.Response) -> list[dict]:
+    events = _events(response.text)
+    assert events[-1] == "[DONE]"
+    return [json.loads(e) for e in events[:-1]]
+
+
+# dialects: which cap field a provider reads
+
+
+def test_openai_dialect_reads_max_completion_tokens_before_max_tokens(fake, http):
+    body = _chat(http, max_completion_tokens=1, max_tokens=7).json()
+    assert body["usage"]["completion_tokens"] == 1
+    billed = _billed(fake)
+    assert (billed.cap, billed.cap_field, billed.dialect) == (1, "max_completion_tokens", "openai")
+    fake.reset()
+    assert _chat(http, max_tokens=7).json()["usage"]["completion_tokens"] == 7
+    assert _billed(fake).cap_field == "max_tokens"
+
+
+def test_max_tokens_only_dialect_ignores_max_completion_tokens(fake, http):
+    # the issue-12 attack: a cap of 1 in the field this provider ignores, 2000 in the one it reads
+    fake.script(KEY, dialect="max_tokens_only", billing="realistic")
+    fake.set_model_limits("fake-model", max_output_tokens=3000)
+    body = _chat(http, max_completion_tokens=1, max_tokens=2000).json()
+    assert body["usage"]["completion_tokens"] == 2000
+    assert body["choices"][0]["finish_reason"] == "length"
+    assert (_billed(fake).cap, _billed(fake).cap_field) == (2000, "max_tokens")
+    fake.reset()
+    fake.script(KEY, dialect="max_tokens_only")  # friendly: only the cap field changes
+    assert _chat(http, max_completion_tokens=1).json()["usage"]["completion_tokens"] == 20
+    assert _billed(fake).cap_field is None
+
+
+def test_realistic_key_without_cap_generates_to_the_model_limit(fake, http):
+    fake.script(KEY, billing="realistic")
+    fake.set_model_limits("fake-model", max_output_tokens=300)
+    body = _chat(http).json()
+    assert body["usage"]["completion_tokens"] == 300  # no cap sent: the expensive case
+    assert body["choices"][0]["finish_reason"] == "length"
+    assert (_billed(fake).cap, _billed(fake).cap_field) == (300, None)
+    fake.reset()
+    fake.script(KEY, billing="realistic")
+    fake.set_model_limits("fake-model", max_output_tokens=300)
+    assert _chat(http, max_tokens=5000).json()["usage"]["completion_tokens"] == 300  # bounded by the model
+    assert _chat(http, max_tokens=12).json()["usage"]["completion_tokens"] == 12  # a cap is used in full
+    for not_a_cap in (12.0, "12", None, True):  # only a JSON integer caps: anything else is the worst case
+        assert _chat(http, max_tokens=not_a_cap).json()["usage"]["completion_tokens"] == 300
+    other = _chat(http, headers={"Authorization": f"Bearer {OTHER}"}).json()
+    assert other["usage"]["completion_tokens"] == 20  # other keys stay friendly
+
+
+def test_server_wide_dialect_and_billing_defaults():
+    with FakeProvider(dialect="max_tokens_only", billing="realistic", max_output_tokens=40) as fake, \
+            httpx.Client(base_url=fake.url, headers={"Authorization": f"Bearer {KEY}"}) as client:
+        body = _chat(client, max_completion_tokens=3).json()
+        assert body["usage"]["completion_tokens"] == 40
+        assert _billed(fake).realistic is True
+        fake.script(KEY, dialect="openai", billing="friendly")  # a key overrides the server's defaults
+        assert _chat(client, max_completion_tokens=3).json()["usage"]["completion_tokens"] == 3
+
+
+def test_scripting_rejects_unknown_names(fake):
+    with pytest.raises(ValueError, match="unknown dialect"):
+        fake.script(KEY, dialect="nope")
+    with pytest.raises(ValueError, match="billing"):
+        fake.script(KEY, billing="cheap")
+    with pytest.raises(ValueError, match="answer segments"):
+        fake.script(KEY, answer=[("poetry", 3)])
+    with pytest.raises(ValueError, match="unknown error kind"):
+        fake.script(KEY, error="gremlins")
+    with pytest.raises(ValueError, match="no documented body"):
+        fake.script(KEY, dialect="mistral", error="request_too_large")
+
+
+# n choices
+
+
+def test_n_choices_json_each_its_own_completion(fake, http):
+    body = _chat(http, n=3, max_tokens=4).json()
+    assert [c["index"] for c in body["choices"]] == [0, 1, 2]
+    assert all(c["message"]["content"] == "tok0 tok1 tok2 tok3" for c in body["choices"])
+    assert all(c["finish_reason"] == "length" for c in body["choices"])
+    assert body["usage"] == {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": 12, "total_tokens": 17}
+    assert (_billed(fake).n, _billed(fake).completion_tokens, _billed(fake).cap) == (3, 12, 4)
+
+
+def test_n_choices_stream_interleaved_with_index(fake, http):
+    fake.chunks = 5
+    chunks = _stream_chunks(_chat(http, n=2, stream=True, stream_options={"include_usage": True}))
+    usage = chunks.pop()
+    assert usage["usage"]["completion_tokens"] == 10 and usage["choices"] == []
+    deltas = [c["choices"][0] for c in chunks]
+    assert [d["index"] for d in deltas[:4]] == [0, 1, 0, 1]
+    for index in (0, 1):
+        mine = [d for d in deltas if d["index"] == index]
+        assert mine[0]["delta"]["role"] == "assistant"
+        assert "".join(d["delta"].get("content", "") for d in mine) == "tok0 tok1 tok2 tok3 tok4"
+        assert mine[-1]["finish_reason"] == "stop"
+    assert _billed(fake).completion_tokens == 10 and _billed(fake).complete
+
+
+def test_n_through_the_sdk(fake, sdk):
+    completion = sdk.chat.completions.create(model="fake-model", messages=MESSAGES, n=4, max_tokens=2)
+    assert len(completion.choices) == 4
+    assert completion.usage.completion_tokens == 8
+    stream = sdk.chat.completions.create(model="fake-model", messages=MESSAGES, n=2, max_tokens=3, stream=True,
+                                         stream_options={"include_usage": True})
+    chunks = list(stream)
+    assert {c.choices[0].index for c in chunks if c.choices} == {0, 1}
+    assert chunks[-1].usage.completion_tokens == 6
+
+
+@pytest.mark.parametrize("n", [0, 129, "2", 1.5, True])
+def test_invalid_n_is_refused_like_openai(fake, http, n):
+    response = _chat(http, n=n)
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "n"
+    assert _billed(fake) is None
+
+
+# prompt tokens, counted as a real provider bills them at the high end
+
+
+def _realistic_prompt(http, fake, **body) -> int:
+    fake.script(KEY, billing="realistic")
+    response = http.post("/v1/chat/completions", json={"model": "fake-model", "max_tokens": 1, **body})
+    assert response.status_code == 200, response.text
+    prompt = response.json()["usage"]["prompt_tokens"]
+    assert prompt == billing.prompt_tokens({"model": "fake-model", "max_tokens": 1, **body})
+    return prompt
+
+
+def test_realistic_prompt_counts_bytes_roles_and_per_message_overhead(fake, http):
+    # 3 (reply) + [3 + "system" + "be brief"] + [3 + "user" + "say three words"]
+    assert _realistic_prompt(http, fake, messages=MESSAGES) == 3 + (3 + 6 + 8) + (3 + 4 + 15)
+    cjk = [{"role": "user", "content": "你好，世界🙂"}]  # 5 CJK × 3 bytes + 4-byte emoji
+    assert _realistic_prompt(http, fake, messages=cjk) == 3 + 3 + 4 + 19
+    named = [{"role": "user", "name": "ann", "content": "hi"}]
+    assert _realistic_prompt(http, fake, messages=named) == 3 + 3 + 4 + (1 + 3) + 2
+    parts = [{"role": "user", "content": [{"type": "text", "text": "one two"}, {"type": "text", "text": "é"}]}]
+    assert _realistic_prompt(http, fake, messages=parts) == 3 + 3 + 4 + 7 + 2
+
+
+def test_realistic_prompt_counts_tools_schemas_and_tool_calls(fake, http):
+    base = _realistic_prompt(http, fake, messages=MESSAGES)
+    tools = [{"type": "function", "function": {"name": "lookup", "description": "Look a word up",
+                                               "parameters": {"type": "object",
+                                                              "properties": {"word": {"type": "string"}}}}}]
+    tools_json = len(json.dumps(tools, separators=(",", ":"), ensure_ascii=False).encode())
+    assert _realistic_prompt(http, fake, messages=MESSAGES, tools=tools) == base + tools_json + billing.TOOLS_OVERHEAD
+    with_choice = _realistic_prompt(http, fake, messages=MESSAGES, tools=tools, tool_choice="required")
+    assert with_choice == base + tools_json + billing.TOOLS_OVERHEAD + len("required")
+    schema = {"type": "json_schema", "json_schema": {"name": "answer", "schema": {"type": "object", "properties": {
+        "città": {"type": "string"}}}}}
+    schema_json = len(json.dumps(schema, separators=(",", ":"), ensure_ascii=False).encode())
+    assert _realistic_prompt(http, fake, messages=MESSAGES, response_format=schema) == base + schema_json
+    calls = [{"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": '{"word":"hi"}'}}]
+    history = [*MESSAGES, {"role": "assistant", "content": None, "tool_calls": calls},
+               {"role": "tool", "tool_call_id": "call_1", "content": "a greeting"}]
+    calls_json = len(json.dumps(calls, separators=(",", ":"), ensure_ascii=False).encode())
+    assert _realistic_prompt(http, fake, messages=history) == (
+        base + (3 + len("assistant") + calls_json) + (3 + len("tool") + len("call_1") + len("a greeting")))
+
+
+def test_realistic_prompt_bills_images_by_openais_rule_at_the_worst_case(fake, http):
+    def image(detail: str | None, url: str = "https://example.com/cat.png") -> list:
+        spec = {"url": url} if detail is None else {"url": url, "detail": detail}
+        return [{"role": "user", "content": [{"type": "image_url", "image_url": spec}]}]
+
+    overhead = 3 + 3 + 4
+    assert _realistic_prompt(http, fake, messages=image("low")) == overhead + 85
+    assert _realistic_prompt(http, fake, messages=image("high")) == overhead + 85 + 8 * 170
+    assert _realistic_prompt(http, fake, messages=image(None)) == overhead + 1445  # auto = high
+    data_url = "data:image/png;base64," + "A" * 50_000  # its base64 is not billed as text
+    assert _realistic_prompt(http, fake, messages=image("auto", data_url)) == overhead + 1445
+
+
+@given(body=st.fixed_dictionaries(
+    {"messages": st.lists(st.fixed_dictionaries(
+        {"role": st.sampled_from(["system", "user", "assistant"]),
+         "content": st.one_of(st.text(max_size=60), st.lists(st.fixed_dictionaries(
+             {"type": st.just("text"), "text": st.text(max_size=30)}), max_size=3))},
+        optional={"name": st.text(min_size=1, max_size=8)}), min_size=1, max_size=4)},
+    optional={"tools": st.lists(st.fixed_dictionaries({"type": st.just("function"), "function": st.fixed_dictionaries(
+        {"name": st.text(min_size=1, max_size=10), "description": st.text(max_size=40)})}), max_size=2),
+        "tool_choice": st.sampled_from(["auto", "none", "required"])}))
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_realistic_prompt_matches_the_documented_rule_and_bounds_the_text(server, body):
+    # given any body, the server bills exactly billing.prompt_tokens, never less than the UTF-8 bytes of
+    # the text in it (the rule the gateway's hold estimate must be proven against)
+    server.reset()
+    server.script(KEY, billing="realistic")
+    response = httpx.post(f"{server.url}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
+                          json={"model": "m", "max_tokens": 0, **body}, timeout=10)
+    assert response.status_code == 200, response.text
+    prompt = response.json()["usage"]["prompt_tokens"]
+    assert prompt == billing.prompt_tokens({"model": "m", **body})
+    text = "".join(m["content"] if isinstance(m["content"], str) else "".join(p["text"] for p in m["content"])
+                   for m in body["messages"])
+    assert prompt >= len(text.encode("utf-8", "surrogatepass")) + 3 * len(body["messages"]) + 3
+
+
+def test_friendly_billing_stays_the_default(http):
+    # tests/pool's exact figures depend on it; see the report on issue 12 for the tests that would change
+    assert _chat(http).json()["usage"]["prompt_tokens"] == PROMPT_TOKENS
+
+
+def test_realistic_context_window_answers_context_length_in_the_keys_dialect(fake, http):
+    fake.script(KEY, billing="realistic", dialect="groq")
+    fake.set_model_limits("fake-model", context_window=100)
+    response = _chat(http, messages=[{"role": "user", "content": "x" * 200}])
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "context_length_exceeded"
+    too_much = _chat(http, max_tokens=80)  # prompt 42 + cap 80 > 100
+    assert too_much.status_code == 400
+    assert _chat(http, max_tokens=50).status_code == 200
+    assert fake.totals().requests == 1  # errors bill nothing
+
+
+# every delta kind in streams
+
+
+def test_answer_of_every_delta_kind_as_json(fake, http):
+    fake.script(KEY, answer=[("reasoning_content", 3), ("content", 2)])
+    body = _chat(http).json()
+    message = body["choices"][0]["message"]
+    assert message["reasoning_content"] == "why0 why1 why2"
+    assert message["content"] == "tok0 tok1"
+    assert body["choices"][0]["finish_reason"] == "stop"
+    assert body["usage"]["completion_tokens"] == 5
+    fake.script(KEY, answer=[("refusal", 3)])
+    refused = _chat(http).json()["choices"][0]["message"]
+    assert refused["refusal"] == "no0 no1 no2" and refused["content"] is None
+
+
+def test_tool_call_arguments_stream_in_pieces(fake, http, sdk):
+    fake.script(KEY, answer=[("tool_calls", 4, "lookup")])
+    chunks = _stream_chunks(_chat(http, stream=True, stream_options={"include_usage": True}))
+    assert chunks[-1]["usage"]["completion_tokens"] == 4
+    calls = [c["choices"][0]["delta"]["tool_calls"][0] for c in chunks[:-2]]
+    assert calls[0]["id"] == "call_fake0" and calls[0]["function"]["name"] == "lookup"
+    assert all("id" not in call for call in calls[1:])
+    assert "".join(call["function"]["arguments"] for call in calls) == '{"q":"a1 a2 "}'
+    assert chunks[-2]["choices"][0]["finish_reason"] == "tool_calls"
+    completion = sdk.chat.completions.create(model="fake-model", messages=MESSAGES)
+    (call,) = completion.choices[0].message.tool_calls
+    assert (call.function.name, json.loads(call.function.arguments)) == ("lookup", {"q": "a1 a2 "})
+    assert completion.choices[0].message.content is None
+
+
+def test_every_delta_kind_counts_and_the_cap_cuts_across_kinds(fake, http):
+    fake.script(KEY, answer=[("reasoning_content", 5), ("tool_calls", 3), ("refusal", 2), ("content", 5)])
+    chunks = _stream_chunks(_chat(http, stream=True, max_tokens=12, stream_options={"include_usage": True}))
+    kinds = [next(k for k in ("reasoning_content", "tool_calls", "refusal", "content") if k in c["choices"][0]["delta"])
+             for c in chunks[:-2]]
+    assert kinds == ["reasoning_content"] * 5 + ["tool_calls"] * 3 + ["refusal"] * 2 + ["content"] * 2
+    assert chunks[-2]["choices"][0]["finish_reason"] == "length"
+    assert chunks[-1]["usage"]["completion_tokens"] == 12
+    assert _billed(fake).completion_tokens == 12
+
+
+@pytest.mark.parametrize("kind", ["reasoning_content", "tool_calls", "refusal", "content"])
+def test_cut_stream_counts_events_of_any_kind(fake, http, kind):
+    fake.script(KEY, answer=[(kind, 240)], cut_stream_after=7)
+    received = []
+    with pytest.raises(httpx.RemoteProtocolError):
+        with http.stream("POST", "/v1/chat/completions",
+                         json={"model": "m", "messages": MESSAGES, "stream": True}) as response:
+            received.extend(line for line in response.iter_lines() if line)
+    assert len(received) == 7
+    assert all(kind in json.loads(line.removeprefix("data: "))["choices"][0]["delta"] for line in received)
+    billed = _billed(fake)
+    assert (billed.completion_tokens, billed.complete) == (7, False)  # billed what was delivered
+
+
+def test_cut_stream_with_n_choices_counts_events_across_choices(fake, http):
+    fake.script(KEY, cut_stream_after=5)
+    received: list[str] = []
+    with pytest.raises(httpx.RemoteProtocolError):
+        with http.stream("POST", "/v1/chat/completions",
+                         json={"model": "m", "messages": MESSAGES, "stream": True, "n": 3}) as response:
+            received.extend(line for line in response.iter_lines() if line)
+    assert [json.loads(line[6:])["choices"][0]["index"] for line in received] == [0, 1, 2, 0, 1]
+    assert _billed(fake).completion_tokens == 5
+
+
+# request-specific vs key-level errors, per provider family
+
+
+def _err(body):
+    return body[0]["error"] if isinstance(body, list) else body["error"]
+
+
+ERROR_CASES = [
+    ("openai", "rate_limit", 429, lambda b: b["error"]["code"] == "rate_limit_exceeded"
+     and b["error"]["type"] == "requests"),
+    ("openai", "request_too_large", 429, lambda b: b["error"]["code"] == "rate_limit_exceeded"
+     and b["error"]["type"] == "tokens" and b["error"]["message"].startswith("Request too large for fake-model")
+     and "tokens per min (TPM)" in b["error"]["message"]),
+    ("openai", "context_length", 400, lambda b: b["error"]["code"] == "context_length_exceeded"),
+    ("openai", "insufficient_quota", 429, lambda b: b["error"]["code"] == b["error"]["type"] == "insufficient_quota"),
+    ("max_tokens_only", "request_too_large", 429, lambda b: b["error"]["message"].startswith("Request too large")),
+    ("groq", "rate_limit", 429, lambda b: b["error"]["code"] == "rate_limit_exceeded"
+     and b["error"]["message"].startswith("Rate limit reached")),
+    ("groq", "request_too_large", 413, lambda b: b["error"]["code"] == "rate_limit_exceeded"
+     and b["error"]["message"].startswith("Request too large for model `fake-model`")),
+    ("groq", "context_length", 400, lambda b: b["error"]["code"] == "context_length_exceeded"),
+    ("deepseek", "rate_limit", 429, lambda b: b["error"]["message"].startswith("Rate Limit Reached")),
+    ("deepseek", "insufficient_quota", 402, lambda b: b["error"]["message"].startswith("Insufficient Balance")),
+    ("deepseek", "context_length", 400, lambda b: b["error"]["code"] == "invalid_request_error"
+     and "maximum context length" in b["error"]["message"]),
+    ("mistral", "rate_limit", 429, lambda b: b["object"] == "error" and b["type"] == "rate_limited"),
+    ("gemini", "rate_limit", 429, lambda b: _err(b)["status"] == "RESOURCE_EXHAUSTED"),
+    ("gemini", "insufficient_quota", 429, lambda b: _err(b)["status"] == "RESOURCE_EXHAUSTED"
+     and "quota" in _err(b)["message"]),
+    ("gemini", "context_length", 400, lambda b: _err(b)["status"] == "INVALID_ARGUMENT"
+     and _err(b)["message"].startswith("The input token count")),
+    ("anthropic", "rate_limit", 429, lambda b: b["type"] == "error" and b["error"]["type"] == "rate_limit_error"),
+    ("anthropic", "request_too_large", 413, lambda b: b["error"]["type"] == "request_too_large"),
+    ("anthropic", "context_length", 400, lambda b: b["error"]["message"].startswith("prompt is too long:")),
+    ("anthropic", "insufficient_quota", 400, lambda b: "credit balance is too low" in b["error"]["message"]),
+    ("anthropic", "overloaded", 529, lambda b: b["error"]["type"] == "overloaded_error"),
+    ("openrouter", "insufficient_quota", 402, lambda b: b["error"]["code"] == 402),
+    ("openrouter", "rate_limit", 429, lambda b: b["error"]["code"] == 429),
+    ("openrouter", "context_length", 400, lambda b: "maximum context length" in b["error"]["message"]),
+    # Z.ai: one status (429) for a rate limit, an empty account and a busy model; only the code differs
+    ("zai", "rate_limit", 429, lambda b: b["error"]["code"] == "1302"),
+    ("zai", "insufficient_quota", 429, lambda b: b["error"]["code"] == "1113"),
+    ("zai", "overloaded", 429, lambda b: b["error"]["code"] == "1305"),
+]
+
+
+@pytest.mark.parametrize(("dialect", "kind", "status", "check"), ERROR_CASES,
+                         ids=[f"{d}-{k}" for d, k, _, _ in ERROR_CASES])
+def test_scripted_errors_use_each_familys_documented_body(fake, http, dialect, kind, status, check):
+    fake.script(KEY, dialect=dialect, error=kind, times=1)
+    response = _chat(http)
+    assert response.status_code == status
+    assert check(response.json()), response.text
+    assert _chat(http).status_code == 200  # times=1
+    assert fake.totals().requests == 1  # only the second request was served and billed
+
+
+def test_every_dialect_can_rate_limit_and_only_documented_kinds_are_offered():
+    for name, dialect in DIALECTS.items():
+        assert "rate_limit" in dialect.errors, name
+        assert set(dialect.errors) <= dialects.ERROR_KINDS, name
+
+
+def test_scripted_errors_through_the_sdk_with_retry_after(fake, sdk):
+    fake.script(KEY, error="request_too_large", retry_after=7, times=1)
+    with pytest.raises(openai.RateLimitError) as excinfo:
+        sdk.chat.completions.create(model="fake-model", messages=MESSAGES, max_tokens=100)
+    assert excinfo.value.response.headers["Retry-After"] == "7"
+    assert excinfo.value.code == "rate_limit_exceeded"
+    assert "Requested 105" in excinfo.value.message  # prompt + cap, as OpenAI reports it
+    fake.script(KEY, error="context_length", times=1)
+    with pytest.raises(openai.BadRequestError) as bad:
+        sdk.chat.completions.create(model="fake-model", messages=MESSAGES)
+    assert bad.value.code == "context_length_exceeded"
+
+
+# what the fake billed, per request
+
+
+def test_records_expose_what_was_billed_and_totals_sum_it(fake, http):
+    fake.script(OTHER, billing="realistic")
+    _chat(http, n=2, max_tokens=3)
+    _chat(http, stream=True)
+    _chat(http, headers={"Authorization": f"Bearer {OTHER}"}, max_completion_tokens=4)
+    fake.script(KEY, status=500, times=1)
+    _chat(http)
+    http.get("/v1/models")
+    billed = [r.billed for r in fake.requests]
+    assert billed[0] == Billed(PROMPT_TOKENS, 6, 2, 3, "max_tokens", "openai", False, True)
+    assert billed[1] == Billed(PROMPT_TOKENS, 20, 1, None, None, "openai", False, True)
+    assert billed[2] == Billed(42, 4, 1, 4, "max_completion_tokens", "openai", True, True)
+    assert billed[3] is None and billed[4] is None
+    assert fake.totals() == Totals(3, PROMPT_TOKENS * 2 + 42, 30)
+    assert fake.totals(key=OTHER) == Totals(1, 42, 4)
+    # exact cost at $1/M input and $2/M output in nanodollars per 1M tokens: no rounding
+    assert fake.totals(key=OTHER).cost(1_000_000_000, 2_000_000_000) == 42 * 1_000 + 4 * 2_000
+
+
+def test_client_going_away_bills_what_was_delivered(fake, caplog):
+    fake.chunks, fake.chunk_delay = 50, 0.02
+    with httpx.Client(base_url=fake.url, headers={"Authorization": f"Bearer {KEY}"}) as client:
+        with client.stream("POST", "/v1/chat/completions",
+                           json={"model": "m", "messages": MESSAGES, "stream": True}) as response:
+            for i, _ in enumerate(response.iter_lines()):
+                if i >= 6:
+                    break
+    deadline = time.monotonic() + 5
+    while _billed(fake) is None and time.monotonic() < deadline:  # set once the server's write fails
+        time.sleep(0.05)
+    billed = _billed(fake)
+    assert billed.complete is False
+    assert 4 <= billed.completion_tokens < 50
+    time.sleep(0.3)  # the server would log just after its handler returns
+    assert "Error handling request" not in caplog.text  # a client hanging up is not a server error
 
 
 # --- lifecycle -----------------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ the provider's documentation in one place. Everything here is pure and determini
 always yields the same content, token counts and embeddings, so tests can assert exact settlements.
 
 Shapes (checked against the providers' docs):
-- OpenAI chat completion, ``chat.completion.chunk`` SSE events and the ``include_usage`` final chunk;
+- OpenAI chat completion, ``chat.completion.chunk`` SSE events and the ``include_usage`` final chunk,
+  with ``n`` choices and every delta kind (``content``, ``reasoning_content``, ``refusal``, ``tool_calls``);
 - OpenAI embeddings (``float`` or ``base64`` little-endian float32, which the openai SDK asks for by default);
 - balance replies of DeepSeek ``/user/balance``, OpenRouter ``/key`` and ``/credits``, Moonshot
   ``/users/me/balance`` and SiliconFlow ``/user/info``;
@@ -49,7 +50,11 @@ def _words(text: object) -> int:
 
 
 def count_prompt_tokens(messages: object) -> int:
-    """Whitespace-separated words across the messages' content, at least 1."""
+    """Whitespace-separated words across the messages' content, at least 1.
+
+    The *friendly* count, kept because tests in tests/pool assert exact figures built on it; it is far
+    below what a real provider bills. Keys scripted ``billing="realistic"`` use ``billing.prompt_tokens``.
+    """
     if not isinstance(messages, list):
         return 1
     return max(1, sum(_words(m.get("content")) for m in messages if isinstance(m, dict)))
@@ -71,7 +76,100 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
 def chat_completion(
     *, rid: str, model: str, created: int, n_tokens: int, prompt_tokens: int, finish_reason: str
 ) -> bytes:
+    """The default answer: one choice of ``n_tokens`` content tokens ``tok0 tok1 ...``."""
     content = "".join(content_piece(i) for i in range(n_tokens))
+    message = {"role": "assistant", "content": content, "refusal": None}
+    return chat_completion_choices(rid=rid, model=model, created=created, choices=[(message, finish_reason)],
+                                   prompt_tokens=prompt_tokens, completion_tokens=n_tokens)
+
+
+# --- scripted answers: every delta kind, n choices --------------------------------------------------
+
+DELTA_KINDS = ("content", "reasoning_content", "refusal", "tool_calls")
+TOOL_NAME = "fake_tool"
+
+
+def _text_piece(kind: str, index: int) -> str:
+    word = {"content": "tok", "reasoning_content": "why", "refusal": "no"}[kind]
+    return f"{word}{index}" if index == 0 else f" {word}{index}"
+
+
+def _arguments_piece(index: int, count: int) -> str:
+    """Piece ``index`` of a tool call's arguments; all ``count`` joined are a JSON object."""
+    if count == 1:
+        return "{}"
+    if index == 0:
+        return '{"q":"'
+    if index == count - 1:
+        return '"}'
+    return f"a{index} "
+
+
+def answer_deltas(segments: tuple, limit: int | None) -> tuple[list[dict], bool]:
+    """The delta of every streamed event of one choice, at most ``limit``; and whether it was cut short.
+
+    ``segments`` is a sequence of ``(kind, count)`` (or ``("tool_calls", count, name)``): ``count`` events
+    of that kind, one completion token each. Each ``tool_calls`` segment is one tool call whose first
+    event carries its id, type and function name.
+    """
+    deltas: list[dict] = []
+    tool = -1
+    for segment in segments:
+        kind, count = segment[0], segment[1]
+        if kind == "tool_calls":
+            tool += 1
+            name = segment[2] if len(segment) > 2 else TOOL_NAME
+        for i in range(count):
+            if limit is not None and len(deltas) >= limit:
+                return deltas, True
+            if kind == "tool_calls":
+                call: dict = {"index": tool, "function": {"arguments": _arguments_piece(i, count)}}
+                if i == 0:
+                    call = {"index": tool, "id": f"call_fake{tool}", "type": "function",
+                            "function": {"name": name, "arguments": _arguments_piece(0, count)}}
+                deltas.append({"tool_calls": [call]})
+            else:
+                deltas.append({kind: _text_piece(kind, i)})
+    return deltas, False
+
+
+def finish_reason_of(segments: tuple, truncated: bool) -> str:
+    if truncated:
+        return "length"
+    kinds = [s[0] for s in segments if s[1] > 0]
+    return "tool_calls" if kinds and kinds[-1] == "tool_calls" else "stop"
+
+
+def message_of(deltas: list[dict]) -> dict:
+    """The non-streamed ``message`` that the same events add up to."""
+    text: dict[str, list[str]] = {"content": [], "reasoning_content": [], "refusal": []}
+    calls: list[dict] = []
+    for delta in deltas:
+        for call in delta.get("tool_calls", ()):
+            if "id" in call:
+                calls.append({"id": call["id"], "type": "function",
+                              "function": {"name": call["function"]["name"], "arguments": ""}})
+            calls[call["index"]]["function"]["arguments"] += call["function"]["arguments"]
+        for kind, pieces in text.items():
+            if kind in delta:
+                pieces.append(delta[kind])
+    message: dict = {
+        "role": "assistant",
+        "content": "".join(text["content"]) if text["content"] or not (calls or text["refusal"]) else None,
+        "refusal": "".join(text["refusal"]) if text["refusal"] else None,
+    }
+    if text["reasoning_content"]:
+        message["reasoning_content"] = "".join(text["reasoning_content"])
+    if calls:
+        message["tool_calls"] = calls
+    return message
+
+
+def chat_completion_choices(
+    *, rid: str, model: str, created: int, choices: list[tuple[dict, str]], prompt_tokens: int,
+    completion_tokens: int,
+) -> bytes:
+    """A chat completion with one choice per ``(message, finish_reason)``."""
     return dumps(
         {
             "id": rid,
@@ -79,14 +177,10 @@ def chat_completion(
             "created": created,
             "model": model,
             "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": content, "refusal": None},
-                    "logprobs": None,
-                    "finish_reason": finish_reason,
-                }
+                {"index": i, "message": message, "logprobs": None, "finish_reason": finish}
+                for i, (message, finish) in enumerate(choices)
             ],
-            "usage": usage(prompt_tokens, n_tokens),
+            "usage": usage(prompt_tokens, completion_tokens),
             "system_fingerprint": "fp_fake",
         }
     )
@@ -97,7 +191,8 @@ def sse(obj: dict) -> bytes:
 
 
 def chunk(
-    *, rid: str, model: str, created: int, delta: dict, finish_reason: str | None, with_usage_field: bool
+    *, rid: str, model: str, created: int, delta: dict, finish_reason: str | None, with_usage_field: bool,
+    index: int = 0,
 ) -> bytes:
     body = {
         "id": rid,
@@ -105,7 +200,7 @@ def chunk(
         "created": created,
         "model": model,
         "system_fingerprint": "fp_fake",
-        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+        "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
     }
     if with_usage_field:  # OpenAI sends "usage": null on every chunk but the last when include_usage is on
         body["usage"] = None
