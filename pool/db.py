@@ -13,9 +13,8 @@ belongs to the loop it was opened on), opened on first use. Statements are
 prepared on the server after a few uses (HEADROOM_DB_PREPARE_THRESHOLD; -1
 behind a transaction-mode connection pooler such as PgBouncer).
 
-SQLite (the embedded default) has no async driver: the same phases run in a
-worker thread through Django's connection (`db_call`), as do the rare paths on
-both databases (error bookkeeping, first-use account creation).
+The rare paths (error bookkeeping, first-use account creation) run ORM code in
+a worker thread through Django's connection (`db_call`).
 """
 
 import asyncio
@@ -34,11 +33,6 @@ T = TypeVar("T")
 _pools: dict[tuple[asyncio.AbstractEventLoop, bool], "asyncio.Task"] = {}  # (loop, durable) -> opening
 _lanes: dict[tuple[asyncio.AbstractEventLoop, str], "Lane"] = {}  # (loop, name) -> lane
 _connect_kwargs_cache: list[dict] = []  # one process, one database
-
-
-def is_postgres() -> bool:
-    # From the settings, not `connection`: that is a per-thread lookup on every call.
-    return settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
 
 
 def _run(fn: Callable[..., T], kwargs: dict) -> T:

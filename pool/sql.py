@@ -9,8 +9,7 @@ statements, and on PostgreSQL the requests that wait on the same statement
 share it (pool.batch):
 
 1. `begin` — everything before the upstream call:
-   - the *plan*: one SELECT over the requests' own facts (`asks`), the same
-     text on both databases, that reads the API key (valid, its user active),
+   - the *plan*: one SELECT over the requests' own facts (`asks`) that reads the API key (valid, its user active),
      the model (routable) and its prices, the pool gate, whether the caller
      has a BYOK key for the provider, the payer's main account, the BYOK month
      count and the global payout rate, and decides from them what SPEC.md
@@ -40,22 +39,16 @@ pool.services reads them from its row rather than deciding again. Amounts
 after the answer (cost, fee, reward, earning) are computed in Python by
 pool.services; the settlement only caps them at the balance and applies them.
 
-Each phase exists once per database, side by side:
-
-- PostgreSQL: one statement per batch and phase, on the event loop (pool.db).
-  The plans of a batch are its first step; then each request's hold, then
-  each one's pick, in turn, through the PL/pgSQL functions at the end of this
-  module (each request's steps see the ones before it, as if they had come one
-  by one). The pick, `pool_key_take`, takes its provider's turn with an advisory
-  lock and picks in a statement of its own, so the order is strictly least
-  recently used across every gateway process (`FOR NO KEY UPDATE … SKIP
-  LOCKED` ordered by `lru_seq`, a sequence); the turn ends at the commit, and
-  the picks come last. The settlement is `pool_settle`, which locks the rows
-  other requests also move (accounts, counters) first, in one order.
-- SQLite: writers are serialised (the database takes one at a time), so each
-  phase is a short transaction of plain statements, in a worker thread, one
-  request at a time: the same plan SELECT, then the hold, then the pick; the
-  settlement's steps as in `pool_settle`.
+Each phase is one statement per batch, on the event loop (pool.db). The plans
+of a batch are its first step; then each request's hold, then each one's pick,
+in turn, through the PL/pgSQL functions at the end of this module (each
+request's steps see the ones before it, as if they had come one by one). The
+pick, `pool_key_take`, takes its provider's turn with an advisory lock and
+picks in a statement of its own, so the order is strictly least recently used
+across every gateway process (`FOR NO KEY UPDATE … SKIP LOCKED` ordered by
+`lru_seq`, a sequence); the turn ends at the commit, and the picks come last.
+The settlement is `pool_settle`, which locks the rows other requests also move
+(accounts, counters) first, in one order.
 
 Statement texts depend only on the shape of a request (which steps it needs),
 so each is built once and kept; an execution only lays out its values.
@@ -69,18 +62,17 @@ from functools import lru_cache
 
 import orjson
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
 from django.db.models import F, QuerySet
 
 from accounts.models import ApiKey
-from billing.models import Account, LedgerTransaction
+from billing.models import Account
 from billing.money import percent_of_sql, token_cost_sql
 from exchange.models import PayoutRateRule
 from exchange.selectors import GLOBAL_RULE, exchange_open_at
 from keys.models import Provider, ProviderKey, ProviderModel
 from keys.selectors import BYOK, IN_POOL, PLATFORM, PLATFORM_OR_EXCHANGE, ROUTABLE_MODEL
 from pool.batch import batcher
-from pool.db import db_call, is_postgres, lane_fetchall, pg_fetchone
+from pool.db import db_call, lane_fetchall, pg_fetchone
 from pool.models import RequestRecord
 from pool.selectors import Caller
 
@@ -90,31 +82,23 @@ PICKED_COLUMNS = (
     "consecutive_429s", "failure_count",
 )
 PLATFORM_KINDS = (Account.Kind.REVENUE, Account.Kind.POOL_REWARDS, Account.Kind.EXCHANGE_PAYOUTS)
-LedgerKind = LedgerTransaction.Kind
 
 
 class Sql:
     """A statement's text with positional placeholders, built once, and the order its values go in.
 
     `value(name)` writes a placeholder for a value each execution supplies by name; `fragment(f)`
-    writes a compiled rule fragment, whose own values are constants. `params(values)` lays one
-    execution's values out in placeholder order. `text` has `%s` placeholders (Django's cursor, on
-    SQLite); `pg` the same statement with PostgreSQL's own, $1, $2… (pool.db's raw cursors).
+    writes a compiled rule fragment, whose own values are constants. Both write `%s` (as Django
+    compiles the fragments); `finish(text)` turns them into PostgreSQL's own, $1, $2… (`pg`, for
+    pool.db's raw cursors). `params(values)` lays one execution's values out in placeholder order.
     """
 
     def __init__(self):
         self._slots: list[tuple[bool, object]] = []  # (is a name, name or constant)
-        self._text = ""
         self.pg = ""
 
-    @property
-    def text(self) -> str:
-        return self._text
-
-    @text.setter
-    def text(self, value: str) -> None:
-        self._text = value
-        self.pg = _dollar_placeholders(value)
+    def finish(self, text: str) -> None:
+        self.pg = _dollar_placeholders(text)
 
     def value(self, name: str) -> str:
         self._slots.append((True, name))
@@ -133,21 +117,6 @@ def _dollar_placeholders(sql: str) -> str:
     """`%s` placeholders as $1, $2… in order (a statement here has no literal `%`)."""
     counter = iter(range(1, sql.count("%s") + 1))
     return re.sub(r"%s", lambda _: f"${next(counter)}", sql)
-
-
-def _sqlite_value(value):
-    # Django stores SQLite datetimes and dates as its own text formats; match them exactly.
-    if isinstance(value, datetime):
-        return connection.ops.adapt_datetimefield_value(value)
-    if isinstance(value, date):
-        return connection.ops.adapt_datefield_value(value)
-    if isinstance(value, Decimal):
-        return str(value)
-    return value
-
-
-def _sqlite_execute(cursor, sql: str, params) -> None:
-    cursor.execute(sql, [_sqlite_value(v) for v in params])
 
 
 # --- fragments compiled from the ORM rules, once per process ------------------------------------
@@ -258,8 +227,8 @@ class PlanRow:
 
 def _plan_ctes(f: Fragments, q: Sql, *, fee_percent: Decimal, pool: bool) -> str:
     """The plan, as common table expressions over `asks` (the requests' own facts: one row each, see
-    ASK_FIELDS) ending in `plan` (one row per ask with a valid API key; none for an invalid one), on
-    both databases. Each step is materialised: inlined, the steps above would each evaluate again
+    ASK_FIELDS) ending in `plan` (one row per ask with a valid API key; none for an invalid one).
+    Each step is materialised: inlined, the steps above would each evaluate again
     every sub-select whose result they name. Asks for the pool (`pool`) and for other routes have
     statements of their own: each reads only what its routes need."""
     main, cleared = Account.Kind.MAIN, Provider.PoolClearance.CLEARED
@@ -337,13 +306,10 @@ def _plan_ctes(f: Fragments, q: Sql, *, fee_percent: Decimal, pool: bool) -> str
 
 def _plan_row(row) -> PlanRow:
     values = dict(zip(PLAN_COLUMNS, row))
-    last_used = values["c_used"]
-    if last_used is not None and not is_postgres():  # SQLite: naive UTC, or its text form
-        last_used = connection.ops.convert_datetimefield_value(last_used, None, connection)
     caller = Caller(
         api_key_id=values["c_id"], user_id=values["c_user"], organization_id=values["c_org"],
         key_pool_mode=values["c_mode"], byok_fallback=bool(values["c_fallback"]), monthly_limit=values["c_limit"],
-        last_used_at=last_used, account_id=values["account_id"],
+        last_used_at=values["c_used"], account_id=values["account_id"],
     )
     return PlanRow(
         caller=caller, provider_id=values["t_provider"], provider_slug=values["t_slug"],
@@ -362,7 +328,7 @@ ASK_FIELDS = (
 
 
 def _asks_of_values(q: Sql) -> str:
-    """`asks` as one row of placeholders (SQLite, and reading a plan alone)."""
+    """`asks` as one row of placeholders (reading a plan alone)."""
     columns = ", ".join(
         f"CAST({q.value(name)} AS BIGINT) AS {name}" if kind in ("bigint", "integer") else f"{q.value(name)} AS {name}"
         for name, kind in ASK_FIELDS
@@ -473,41 +439,11 @@ def _picked(candidates, key_values: list) -> Picked:
     return Picked(key=key, candidates=candidates or 0)
 
 
-def _take_sqlite(cursor, candidates: str, params: list, *, request_id: str, now: datetime) -> Picked:
-    """The least recently used candidate, stamped and leased (writers are serialised: no race)."""
-    returning = ", ".join(f'"{c}"' for c in PICKED_COLUMNS)
-    _sqlite_execute(
-        cursor,
-        "UPDATE keys_providerkey SET lru_seq = (SELECT COALESCE(MAX(lru_seq), 0) + 1 FROM keys_providerkey),"
-        f" last_used_at = %s WHERE id = ({candidates} ORDER BY \"keys_providerkey\".\"lru_seq\","
-        f" \"keys_providerkey\".\"id\" LIMIT 1) RETURNING {returning}",
-        [now, *params],
-    )
-    row = cursor.fetchone()
-    if row is None:
-        _sqlite_execute(cursor, f"SELECT EXISTS ({candidates})", params)
-        return Picked(key=None, candidates=int(cursor.fetchone()[0]))
-    _sqlite_execute(cursor, "INSERT INTO keys_providerkeylease (key_id, request_id, created_at) VALUES (%s, %s, %s)",
-                    [row[0], request_id, now])
-    _sqlite_execute(cursor, f"SELECT {_owner_accounts_sql('k')} FROM keys_providerkey k WHERE k.id = %s", [row[0]])
-    return _picked(1, [*row, *cursor.fetchone()])
-
-
 @dataclass(frozen=True)
 class Hold:
     account_id: int
     amount: int
     hold_id: str
-
-
-def _hold_sqlite(cursor, hold: Hold, now: datetime) -> bool:
-    _sqlite_execute(cursor, "UPDATE billing_account SET held = held + %s WHERE id = %s AND balance - held >= %s",
-                    [hold.amount, hold.account_id, hold.amount])
-    if cursor.rowcount == 0:
-        return False
-    _sqlite_execute(cursor, "INSERT INTO billing_balancehold (account_id, request_id, amount, created_at)"
-                    " VALUES (%s, %s, %s, %s)", [hold.account_id, hold.hold_id, hold.amount, now])
-    return True
 
 
 def hold_id(request_id: str, route: str) -> str:
@@ -564,7 +500,7 @@ def _begin_pg_sql(fee_percent: Decimal, pool: bool) -> Sql:
         " FROM plan p JOIN holds h ON h.n = p.n LEFT JOIN picks t ON t.n = p.n"
         " LEFT JOIN keys_providerkey k ON k.id = t.key_id"
     )
-    q.text = text
+    q.finish(text)
     return q
 
 
@@ -573,32 +509,8 @@ def _plan_sql(fee_percent: Decimal, pool: bool) -> Sql:
     q = Sql()
     asks = _asks_of_values(q)
     plan = _plan_ctes(_fragments(), q, fee_percent=fee_percent, pool=pool)
-    q.text = f"WITH {asks}, {plan} SELECT {', '.join(PLAN_COLUMNS)} FROM plan"
+    q.finish(f"WITH {asks}, {plan} SELECT {', '.join(PLAN_COLUMNS)} FROM plan")
     return q
-
-
-def _begin_sqlite(*, ask: Ask, request_id: str, now: datetime) -> FirstHop:
-    f = _fragments()
-    plan_sql = _plan_sql(_fee_percent(), ask.pool)
-    with transaction.atomic(), connection.cursor() as cursor:
-        _sqlite_execute(cursor, plan_sql.text, plan_sql.params(_ask_values(ask, request_id=request_id)))
-        row = cursor.fetchone()
-        if row is None:
-            return FirstHop(plan=None, held=False, picked=_NOT_PICKED)
-        plan = _plan_row(row)
-        if plan.refusal is not None:
-            return FirstHop(plan=plan, held=False, picked=_NOT_PICKED)
-        if plan.hold_amount > 0:
-            hold = Hold(account_id=plan.caller.account_id, amount=plan.hold_amount,
-                        hold_id=hold_id(request_id, plan.route))
-            if not _hold_sqlite(cursor, hold, now):
-                return FirstHop(plan=plan, held=False, picked=_NOT_PICKED)
-        q = Sql()
-        cands = _candidates(f, q, route=plan.route, include_exchange=plan.include_exchange, of_plan=False)
-        params = q.params({"provider": plan.provider_id, "user": plan.caller.user_id,
-                           "org": plan.caller.organization_id})
-        picked = _take_sqlite(cursor, cands, params, request_id=request_id, now=now)
-    return FirstHop(plan=plan, held=plan.hold_amount > 0, picked=picked)
 
 
 def _json_value(value):
@@ -639,13 +551,11 @@ async def _begin_pg_batch(items: list[tuple[Ask, str]]) -> list[FirstHop]:
 
 async def begin(*, ask: Ask, request_id: str, now: datetime) -> FirstHop:
     """The first hop: plan, hold and pick, with the requests waiting alongside in one statement
-    (PostgreSQL, pool.batch) or alone in one transaction (SQLite).
+    (pool.batch).
 
     The hold is placed only when the plan refuses nothing; the key is picked only when the hold, if
     any, is placed. Holds are named `request_id:route`."""
     await _fragments_ready()
-    if not is_postgres():
-        return await db_call(_begin_sqlite, ask=ask, request_id=request_id, now=now)
     return await batcher("begin", _begin_pg_batch).submit((ask, request_id))
 
 
@@ -654,17 +564,8 @@ async def plan_read(*, ask: Ask) -> PlanRow | None:
     await _fragments_ready()
     q = _plan_sql(_fee_percent(), ask.pool)
     params = q.params(_ask_values(ask))
-    if is_postgres():
-        row = await pg_fetchone(q.pg, params, durable=False)
-    else:
-        row = await db_call(_fetchone_sqlite, sql=q.text, params=params)
+    row = await pg_fetchone(q.pg, params, durable=False)
     return None if row is None else _plan_row(row)
-
-
-def _fetchone_sqlite(*, sql: str, params: list):
-    with connection.cursor() as cursor:
-        _sqlite_execute(cursor, sql, params)
-        return cursor.fetchone()
 
 
 # --- the rare paths of the first hop: another key, another route --------------------------------
@@ -676,7 +577,7 @@ def _take_pg_sql(route: str, include_exchange: bool, exclude: int) -> Sql:
     q = Sql()
     cands = _candidates(f, q, route=route, include_exchange=include_exchange, of_plan=False, exclude=exclude)
     columns = ", ".join(f"k.{c}" for c in PICKED_COLUMNS)
-    q.text = (
+    q.finish(
         f"WITH cands AS MATERIALIZED (SELECT ARRAY({cands}) AS ids),"
         f" take AS MATERIALIZED (SELECT pool_key_take(CAST({q.value('provider')} AS BIGINT), c.ids,"
         f" {q.value('request_id')}) AS key_id, cardinality(c.ids) AS n FROM cands c)"
@@ -684,14 +585,6 @@ def _take_pg_sql(route: str, include_exchange: bool, exclude: int) -> Sql:
         " FROM take LEFT JOIN keys_providerkey k ON k.id = take.key_id"
     )
     return q
-
-
-def _key_take_sqlite(*, route: str, include_exchange: bool, values: dict, exclude: int, now: datetime) -> Picked:
-    q = Sql()
-    cands = _candidates(_fragments(), q, route=route, include_exchange=include_exchange, of_plan=False,
-                        exclude=exclude)
-    with transaction.atomic(), connection.cursor() as cursor:
-        return _take_sqlite(cursor, cands, q.params(values), request_id=values["request_id"], now=now)
 
 
 async def key_take(
@@ -703,9 +596,6 @@ async def key_take(
     await _fragments_ready()
     values = {"provider": provider_id, "user": user_id, "org": organization_id, "request_id": request_id,
               **{f"exclude_{i}": key_id for i, key_id in enumerate(exclude)}}
-    if not is_postgres():
-        return await db_call(_key_take_sqlite, route=route, include_exchange=include_exchange, values=values,
-                             exclude=len(exclude), now=now)
     q = _take_pg_sql(route, include_exchange, len(exclude))
     row = await pg_fetchone(q.pg, q.params(values), durable=False)
     return _picked(row[0], list(row[1:]))
@@ -714,18 +604,11 @@ async def key_take(
 HOLD_PG = "SELECT pool_hold_take($1, $2, $3)"
 
 
-def _hold_place_sqlite(*, hold: Hold, now: datetime) -> bool:
-    with transaction.atomic(), connection.cursor() as cursor:
-        return _hold_sqlite(cursor, hold, now)
-
-
 async def hold_place(hold: Hold, *, now: datetime) -> bool:
     """Reserve `hold.amount` of the payer's spendable balance (balance − held); False when it cannot
     cover it. One conditional UPDATE checks and reserves, so concurrent requests can never together
     reserve more than the balance."""
-    if is_postgres():
-        return bool((await pg_fetchone(HOLD_PG, [hold.account_id, hold.amount, hold.hold_id], durable=False))[0])
-    return await db_call(_hold_place_sqlite, hold=hold, now=now)
+    return bool((await pg_fetchone(HOLD_PG, [hold.account_id, hold.amount, hold.hold_id], durable=False))[0])
 
 
 # --- 4. settle ----------------------------------------------------------------------------------
@@ -781,114 +664,6 @@ class Settled:
     inserted: bool  # False: the request was settled before; nothing moved now
     charged: int
     fee: int
-
-
-def charge_and_fee(*, balance: int, charge: int, fee_due: int) -> tuple[int, int]:
-    """What is taken: the charge, then the fee, each capped at what the balance still has.
-    (pool_settle computes the same in PL/pgSQL, for each request in turn.)"""
-    charged = min(charge, max(balance, 0))
-    return charged, min(fee_due, max(balance - charged, 0))
-
-
-RECORD_COLUMNS = (
-    "request_id", "created_at", "api_key_id", "requester_id", "organization_id", "route", "task", "provider_id",
-    "model", "provider_key_id", "stream", "outcome", "upstream_status", "error_code", "prompt_tokens",
-    "completion_tokens", "usage_estimated", "input_price", "output_price", "cost", "reward", "payout_rate",
-    "latency_ms", "ttfb_ms",
-)
-
-
-def _platform_account_sql(kind: str) -> str:
-    return (f"(SELECT id FROM billing_account WHERE kind = '{kind}' AND user_id IS NULL"
-            " AND organization_id IS NULL)")
-
-
-def _settle_sqlite(s: SettleSpec, now: datetime) -> Settled:
-    """The same steps as pool_settle, for one request, as plain statements in one transaction."""
-    with transaction.atomic(), connection.cursor() as cursor:
-        def run(sql, params=()):
-            _sqlite_execute(cursor, sql, params)
-
-        run("SELECT 1 FROM pool_requestrecord WHERE request_id = %s", [s.record["request_id"]])
-        if cursor.fetchone():
-            return Settled(inserted=False, charged=0, fee=0)
-        balance = 0
-        if s.payer_account_id:
-            run("SELECT balance FROM billing_account WHERE id = %s", [s.payer_account_id])
-            balance = cursor.fetchone()[0]
-        fee_due = 0
-        if s.byok_owner:
-            user_id, org_id = s.byok_owner
-            target = "(organization_id, month) WHERE organization_id IS NOT NULL" if org_id else \
-                "(user_id, month) WHERE user_id IS NOT NULL"
-            run("INSERT INTO billing_byokmonthlyusage (user_id, organization_id, month, requests)"
-                f" VALUES (%s, %s, %s, 1) ON CONFLICT {target}"
-                " DO UPDATE SET requests = requests + 1 RETURNING requests",
-                [None if org_id else user_id, org_id, s.month])
-            if cursor.fetchone()[0] > s.free_requests:
-                fee_due = s.fee
-        charged, fee = charge_and_fee(balance=balance, charge=s.charge, fee_due=fee_due)
-        columns = ", ".join(RECORD_COLUMNS)
-        run(f"INSERT INTO pool_requestrecord ({columns}, charged, fee, settled_at)"
-            f" VALUES ({', '.join(['%s'] * len(RECORD_COLUMNS))}, %s, %s, %s)",
-            [*(s.record[c] for c in RECORD_COLUMNS), charged + fee, fee, now])
-
-        released = 0
-        if s.hold_ids:
-            marks = ", ".join(["%s"] * len(s.hold_ids))
-            run(f"DELETE FROM billing_balancehold WHERE request_id IN ({marks}) RETURNING amount", s.hold_ids)
-            released = sum(amount for (amount,) in cursor.fetchall())
-        if s.payer_account_id and (charged or fee or released):
-            run("UPDATE billing_account SET balance = balance - %s, held = held - %s WHERE id = %s",
-                [charged + fee, released, s.payer_account_id])
-
-        def post(key, kind, memo, legs):
-            run("INSERT INTO billing_ledgertransaction (idempotency_key, kind, memo, created_at)"
-                " VALUES (%s, %s, %s, %s) RETURNING id", [key, kind, memo[:200], now])
-            txn_id = cursor.fetchone()[0]
-            for account, amount in legs:
-                run("INSERT INTO billing_ledgerentry (transaction_id, account_id, amount, created_at)"
-                    f" VALUES (%s, {account}, %s, %s)", [txn_id, amount, now])
-            return txn_id
-
-        revenue = _platform_account_sql(Account.Kind.REVENUE)
-        payer = str(int(s.payer_account_id or 0))
-        if charged:
-            post(s.charge_key, LedgerKind.USAGE, s.charge_memo, [(payer, -charged), (revenue, charged)])
-        if fee:
-            post(s.fee_key, LedgerKind.BYOK_FEE, s.fee_memo, [(payer, -fee), (revenue, fee)])
-        credit_txn = None
-        if s.credit:
-            c = s.credit
-            credit_txn = post(c.idempotency_key, c.txn_kind, c.memo,
-                              [(_platform_account_sql(c.source_kind), -c.amount), (str(int(c.account_id)), c.amount)])
-        if s.earning:
-            e = s.earning
-            run("INSERT INTO exchange_exchangeearning (provider_key_id, account_id, request_id, settled_cost,"
-                " rate_percent, rate_rule_id, rate_scope, amount, ledger_transaction_id, created_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                [s.key_id, e.account_id, s.record["request_id"], e.settled_cost, e.rate_percent, e.rule_id, e.scope,
-                 e.amount, credit_txn, now])
-        if s.credit:
-            run("UPDATE billing_account SET balance = balance + %s WHERE id = %s", [s.credit.amount, s.credit.account_id])
-        if s.key_id is not None:
-            if s.stats:
-                r = s.record
-                run("INSERT INTO keys_providerkeystats (key_id, requests_served, prompt_tokens, completion_tokens,"
-                    " credits_earned, updated_at) VALUES (%s, 1, %s, %s, %s, %s) ON CONFLICT (key_id) DO UPDATE SET"
-                    " requests_served = requests_served + 1, prompt_tokens = prompt_tokens + excluded.prompt_tokens,"
-                    " completion_tokens = completion_tokens + excluded.completion_tokens,"
-                    " credits_earned = credits_earned + excluded.credits_earned, updated_at = excluded.updated_at",
-                    [s.key_id, r["prompt_tokens"], r["completion_tokens"], s.credit.amount if s.credit else 0, now])
-        if charged + fee:
-            run(f"UPDATE billing_account SET balance = balance + %s WHERE id = {revenue}", [charged + fee])
-        if s.credit:
-            run(f"UPDATE billing_account SET balance = balance - %s WHERE id = {_platform_account_sql(s.credit.source_kind)}",
-                [s.credit.amount])
-        if s.touch_api_key:
-            run("UPDATE accounts_apikey SET last_used_at = %s WHERE id = %s", [now, s.record["api_key_id"]])
-        run("DELETE FROM keys_providerkeylease WHERE request_id = %s", [s.record["request_id"]])
-    return Settled(inserted=True, charged=charged, fee=fee)
 
 
 SETTLE_ATTEMPTS = 3
@@ -971,15 +746,8 @@ async def _settle_pg_batch(specs: list[SettleSpec]) -> list[Settled]:
 
 async def settle(spec: SettleSpec, *, now: datetime) -> Settled:
     """Apply a settlement exactly once (keyed by the request id): with the settlements waiting
-    alongside in one statement and one commit (PostgreSQL, pool.batch), or alone (SQLite)."""
-    if is_postgres():
-        return await batcher("settle", _settle_pg_batch).submit(spec)
-    try:
-        return await db_call(_settle_sqlite, s=spec, now=now)
-    except IntegrityError as error:
-        if "billing_ledgerentry.account_id" in str(error):
-            raise PlatformAccountMissing() from None
-        raise
+    alongside in one statement and one commit (pool.batch)."""
+    return await batcher("settle", _settle_pg_batch).submit(spec)
 
 
 # --- 5. the PostgreSQL functions the statements above call ----------------------------------------
@@ -1190,7 +958,7 @@ BEGIN
         IF (s.byok_org IS NOT NULL OR s.byok_user IS NOT NULL) AND v_count > s.free THEN
             v_fee_due := s.fee;
         END IF;
-        -- The charge, then the fee, each capped at what the balance still has (pool.sql.charge_and_fee).
+        -- The charge, then the fee, each capped at what the balance still has.
         v_charged := LEAST(s.charge, GREATEST(v_balance, 0));
         v_fee := LEAST(v_fee_due, GREATEST(v_balance - v_charged, 0));
         INSERT INTO pool_requestrecord (request_id, created_at, api_key_id, requester_id, organization_id, route,

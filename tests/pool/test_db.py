@@ -1,5 +1,5 @@
 """A batcher's lane (pool.db.Lane): one connection per event loop and kind of statement, kept across
-statements and replaced only when it breaks. PostgreSQL only: SQLite runs the same phases in threads."""
+statements and replaced only when it breaks."""
 
 import asyncio
 

@@ -1,4 +1,4 @@
-"""The hot path's statements (pool.sql) on the database the suite runs on: SQLite, or PostgreSQL in CI.
+"""The hot path's statements (pool.sql).
 
 The gateway tests reach these through /v1; the cases here are the ones a provider cannot be made to
 produce on demand: a charge beyond the balance, a fee the balance cannot cover, a replayed settlement.
@@ -175,16 +175,9 @@ def _charge_only(user, key, *, request_id: str, completion_tokens: int):
     return _settlement(user, key, "platform", completion_tokens=completion_tokens, request_id=request_id)
 
 
-async def _settled_or_error(settlement):
-    try:
-        return await request_settle(s=settlement)
-    except Exception as error:  # as asyncio.gather(return_exceptions=True) reports it
-        return error
-
-
 def _settle_together(settlements, monkeypatch) -> tuple[list, int]:
     """Settle concurrently, the way requests finishing together are; returns the receipts (or errors)
-    and how many statements it took (on PostgreSQL requests waiting on one statement share the next)."""
+    and how many statements it took (requests waiting on one statement share the next)."""
     from pool import sql
 
     statements = []
@@ -195,9 +188,6 @@ def _settle_together(settlements, monkeypatch) -> tuple[list, int]:
         return await real(*args, **kwargs)
 
     async def together():
-        if not db.is_postgres():  # the embedded default settles one at a time (and the in-memory test
-            # database refuses a second writer at once rather than waiting for it)
-            return [await _settled_or_error(s) for s in settlements]
         return await asyncio.gather(*(request_settle(s=s) for s in settlements), return_exceptions=True)
 
     from billing.services import platform_account
@@ -218,8 +208,7 @@ def test_settlements_sharing_a_statement_are_capped_in_turn(user, monkeypatch):
 
     assert sorted(r.charged for r in receipts) == [0, parse_usd("0.50"), parse_usd("0.75"), parse_usd("0.75")]
     assert all(r.cost == parse_usd("0.75") for r in receipts)
-    if db.is_postgres():
-        assert statements == 2  # the first alone, the three that waited on it together
+    assert statements == 2  # the first alone, the three that waited on it together
     assert main(user) == 0
     assert platform(Account.Kind.REVENUE) == SIGNUP
     assert sorted(RequestRecord.objects.values_list("charged", flat=True)) == sorted(r.charged for r in receipts)
