@@ -1,7 +1,7 @@
 """Balance holds left behind by gateway requests that never settled.
 
 The gateway places and releases holds itself, in its hot-path statements
-(pool.sql: a conditional UPDATE of `held` with the hold row, and the release
+(pool.hotpath: a conditional UPDATE of `held` with the hold row, and the release
 in the settlement); this is the safety net for a process that died between.
 """
 

@@ -1,4 +1,4 @@
-"""Installs the gateway's PostgreSQL functions (pool.sql, "the PostgreSQL functions"): the per-request
+"""Installs the gateway's PostgreSQL functions (pool.hotpath.functions): the per-request
 steps of the first hop and of the settlement, which the gateway runs a batch at a time. Their source
 lives with the statements that call them; SQLite needs none of them."""
 
@@ -6,13 +6,13 @@ from django.db import migrations
 
 
 def forwards(apps, schema_editor):
-    from pool.sql import install_functions
+    from pool.hotpath.functions import install_functions
 
     install_functions(schema_editor)
 
 
 def backwards(apps, schema_editor):
-    from pool.sql import drop_functions
+    from pool.hotpath.functions import drop_functions
 
     drop_functions(schema_editor)
 

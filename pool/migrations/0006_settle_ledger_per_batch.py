@@ -1,4 +1,4 @@
-"""Installs the gateway's functions again (pool.sql), with fewer statements per request: pool_settle
+"""Installs the gateway's functions again (pool.hotpath), with fewer statements per request: pool_settle
 writes a batch's ledger transactions, entries and exchange earnings in one statement after its
 requests' steps, instead of calling pool_ledger_post once per posting (a function call and a statement
 each), so pool_ledger_post goes; and it ends a request's holds and lease in one statement, as
@@ -10,7 +10,7 @@ DROP_LEDGER_POST = "DROP FUNCTION IF EXISTS pool_ledger_post(text, text, text, b
 
 
 def forwards(apps, schema_editor):
-    from pool.sql import install_functions
+    from pool.hotpath.functions import install_functions
 
     install_functions(schema_editor)
     if schema_editor.connection.vendor == "postgresql":

@@ -1,6 +1,6 @@
 """The safety net for gateway holds, and the UTC month that BYOK counts and spend limits use.
 
-Placing, charging and releasing are the gateway's own statements (pool.sql), tested through /v1 in
+Placing, charging and releasing are the gateway's own statements (pool.hotpath), tested through /v1 in
 tests/pool and statement by statement in tests/pool/test_sql.py.
 """
 

@@ -58,7 +58,7 @@ def run_on_own_loop(coroutine):
     pools closed after (they belong to the loop)."""
     import asyncio
 
-    from pool import db
+    from pool.hotpath import db
 
     async def with_db_closed():
         try:

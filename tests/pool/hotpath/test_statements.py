@@ -1,4 +1,4 @@
-"""The hot path's statements (pool.sql).
+"""The hot path's statements (pool.hotpath).
 
 The gateway tests reach these through /v1; the cases here are the ones a provider cannot be made to
 produce on demand: a charge beyond the balance, a fee the balance cannot cover, a replayed settlement.
@@ -12,11 +12,12 @@ import pytest
 from billing.models import Account, BalanceHold, ByokMonthlyUsage
 from billing.money import parse_usd
 from keys.models import ProviderKey
-from pool import db
 from pool.models import RequestRecord
 from pool.selectors import Caller, Target
 from pool.services import PickedKey, Settlement, Usage, request_settle
-from pool.sql import Hold, hold_place, key_take
+from pool.hotpath.dtos import Hold
+from pool.hotpath.hold import hold_place
+from pool.hotpath.pick import key_take
 from tests.keys.factories import key_in_state
 from tests.pool.helpers import SIGNUP, assert_ledger_clean, main, platform, run_on_own_loop as run
 
@@ -85,7 +86,7 @@ def test_a_hold_beyond_the_spendable_balance_is_refused(user):
     account = Account.objects.get(user=user, kind=Account.Kind.MAIN)
 
     def hold(amount, hold_id):
-        return run(hold_place(Hold(account_id=account.pk, amount=amount, hold_id=hold_id), now=NOW))
+        return run(hold_place(Hold(account_id=account.pk, amount=amount, hold_id=hold_id)))
 
     assert hold(parse_usd("1.50"), "a")
     assert not hold(parse_usd("0.51"), "b")  # only $0.50 is spendable now
@@ -103,7 +104,7 @@ def test_the_pick_takes_the_least_recently_used_key_and_leases_it_to_the_request
 
     def take(request_id="r"):
         return run(key_take(route="platform", include_exchange=False, provider_id=keys[0].provider_id,
-                            user_id=user.pk, organization_id=None, request_id=request_id, now=NOW))
+                            user_id=user.pk, organization_id=None, request_id=request_id))
 
     taken = [take(f"r{i}").key["id"] for i in range(4)]
     assert taken == [keys[0].pk, keys[1].pk, keys[0].pk, keys[1].pk]
@@ -178,10 +179,10 @@ def _charge_only(user, key, *, request_id: str, completion_tokens: int):
 def _settle_together(settlements, monkeypatch) -> tuple[list, int]:
     """Settle concurrently, the way requests finishing together are; returns the receipts (or errors)
     and how many statements it took (requests waiting on one statement share the next)."""
-    from pool import sql
+    from pool.hotpath import settle
 
     statements = []
-    real = sql.lane_fetchall
+    real = settle.lane_fetchall
 
     async def counted(*args, **kwargs):
         statements.append(args[1])
@@ -192,9 +193,9 @@ def _settle_together(settlements, monkeypatch) -> tuple[list, int]:
 
     from billing.services import platform_account
 
-    for kind in sql.PLATFORM_KINDS:  # as after the first settlement of a deployment
+    for kind in settle.PLATFORM_KINDS:  # as after the first settlement of a deployment
         platform_account(kind)
-    monkeypatch.setattr(sql, "lane_fetchall", counted)
+    monkeypatch.setattr(settle, "lane_fetchall", counted)
     receipts = run(together())
     return receipts, len(statements)
 

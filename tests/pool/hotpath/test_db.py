@@ -1,12 +1,12 @@
-"""A batcher's lane (pool.db.Lane): one connection per event loop and kind of statement, kept across
-statements and replaced only when it breaks."""
+"""A batcher's lane (pool.hotpath.db.Lane): one connection per event loop and kind of statement, kept
+across statements and replaced only when it breaks."""
 
 import asyncio
 
 import psycopg
 import pytest
 
-from pool import db
+from pool.hotpath import db
 from tests.pool.helpers import run_on_own_loop as run
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]

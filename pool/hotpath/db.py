@@ -1,9 +1,9 @@
 """How the gateway reaches the database without blocking its event loop.
 
-PostgreSQL: the hot path's statements (pool.sql) run on psycopg's async
+PostgreSQL: the hot path's statements (pool.hotpath) run on psycopg's async
 connections, on the event loop itself: no thread hand-off per phase, which
 PERFORMANCE.md measured at a large share of the per-request budget. Each
-phase is one statement (shared by a batch of requests: pool.batch) in
+phase is one statement (shared by a batch of requests: pool.hotpath.batch) in
 autocommit, on connections opened from Django's own connection settings. A
 batcher runs one statement at a time, so each of its two kinds has a *lane*:
 one connection of its own per event loop, with no pool to check it out of and
@@ -138,7 +138,7 @@ async def pg_fetchone(sql: str, params: Sequence, *, durable: bool = True) -> tu
 
 
 class Lane:
-    """One connection for a batcher's statements (pool.batch), which come one at a time.
+    """One connection for a batcher's statements (pool.hotpath.batch), which come one at a time.
 
     Opened on first use, configured like the pools' connections (see pg_fetchone for `durable`). A
     statement the server refuses leaves the connection idle, and so does one whose caller is
