@@ -24,7 +24,7 @@ class PlatformAccountMissing(Exception):
 
 
 def _settle_json(s: SettleSpec) -> dict:
-    """One settlement as pool_settle reads it (SETTLEMENT_FIELDS)."""
+    """One settlement as pool_settle reads it (its json_to_recordset column list)."""
     payer = s.payer_account_id or None
     byok_user, byok_org = s.byok_owner or (None, None)
     row = {

@@ -1,40 +1,38 @@
-"""The PL/pgSQL functions the hot path's statements call."""
+-- pool 0006: the gateway's hot-path functions, as migration pool/0006_settle_ledger_per_batch installs
+-- them: pool_settle writes a batch's ledger in one statement, so pool_ledger_post goes. Frozen: a
+-- change to the functions ships as a new file with a new migration.
+--
+-- Why functions: PostgreSQL's cost of a request was mostly fixed cost per statement and per
+-- transaction (a round trip, executor start-up, commit: ~120 µs for a one-row write on its own, ~22 µs
+-- inside a PL/pgSQL loop), so the requests that arrive while a statement is in flight go together in
+-- the next one (pool.hotpath.batch), and these functions do each request's steps in turn: in order, each
+-- seeing the ones before it, exactly as if they had come one by one. Migrations install them
+-- from these frozen files; a change ships as a new file with a new migration.
+--
+-- - pool_hold_take: reserve an amount of the payer's spendable balance (balance − held) with the hold
+--   row; false when it cannot cover it. One conditional UPDATE checks and reserves, so requests can
+--   never together reserve more than the balance.
+-- - pool_key_take: the least-recently-used pick. It must be strictly least recently used across every
+--   gateway process, and a single statement cannot be: its snapshot is taken when it starts, so a pick
+--   that waited for its turn would still see the order from before the pick it waited for, and
+--   FOR UPDATE SKIP LOCKED alone lets concurrent picks pass over the true least-recently-used key while
+--   another pick holds it for a moment (the rotation drifts). Here a pick first takes its provider's
+--   turn (a transaction-scoped advisory lock: no table row is held), then runs the UPDATE as a
+--   statement of its own (a volatile function's statements each get a fresh snapshot), so it sees every
+--   pick committed before its turn. The turn ends when the caller's transaction commits; the caller
+--   makes the picks its last step. Which keys may serve stays with the caller (the candidate list is
+--   compiled from keys.selectors); this only orders, locks, stamps and leases. SKIP LOCKED still passes
+--   over a key that another writer (a state transition) holds.
+-- - pool_settle: settle a batch of requests, exactly once each (a request already recorded moves
+--   nothing again): the request record, the charge then the BYOK fee each capped at what the balance
+--   still has, the BYOK month count, the reward or exchange earning, ledger transactions and entries
+--   (written for the whole batch in one statement after its requests' steps),
+--   cached balances, the holds' release (deleted), the key's counters, the API key's last use, the end
+--   of the lease. What each request moves was decided by pool.services; this applies it. Counters other
+--   settlements move too are locked first, in one order; accounts are moved once each, last, in id
+--   order (every writer of accounts locks them in that order), so that their rows are held only from
+--   there to the commit.
 
-# Why functions: PostgreSQL's cost of a request was mostly fixed cost per statement and per
-# transaction (a round trip, executor start-up, commit: ~120 µs for a one-row write on its own, ~22 µs
-# inside a PL/pgSQL loop), so the requests that arrive while a statement is in flight go together in
-# the next one (pool.hotpath.batch), and these functions do each request's steps in turn: in order, each
-# seeing the ones before it, exactly as if they had come one by one. Migrations install them
-# (install_functions); a change here needs a migration that installs them again.
-#
-# - pool_hold_take: reserve an amount of the payer's spendable balance (balance − held) with the hold
-#   row; false when it cannot cover it. One conditional UPDATE checks and reserves, so requests can
-#   never together reserve more than the balance.
-# - pool_key_take: the least-recently-used pick. It must be strictly least recently used across every
-#   gateway process, and a single statement cannot be: its snapshot is taken when it starts, so a pick
-#   that waited for its turn would still see the order from before the pick it waited for, and
-#   FOR UPDATE SKIP LOCKED alone lets concurrent picks pass over the true least-recently-used key while
-#   another pick holds it for a moment (the rotation drifts). Here a pick first takes its provider's
-#   turn (a transaction-scoped advisory lock: no table row is held), then runs the UPDATE as a
-#   statement of its own (a volatile function's statements each get a fresh snapshot), so it sees every
-#   pick committed before its turn. The turn ends when the caller's transaction commits; the caller
-#   makes the picks its last step. Which keys may serve stays with the caller (the candidate list is
-#   compiled from keys.selectors); this only orders, locks, stamps and leases. SKIP LOCKED still passes
-#   over a key that another writer (a state transition) holds.
-# - pool_settle: settle a batch of requests, exactly once each (a request already recorded moves
-#   nothing again): the request record, the charge then the BYOK fee each capped at what the balance
-#   still has, the BYOK month count, the reward or exchange earning, ledger transactions and entries
-#   (written for the whole batch in one statement after its requests' steps),
-#   cached balances, the holds' release (deleted), the key's counters, the API key's last use, the end
-#   of the lease. What each request moves was decided by pool.services; this applies it. Counters other
-#   settlements move too are locked first, in one order; accounts are moved once each, last, in id
-#   order (every writer of accounts locks them in that order), so that their rows are held only from
-#   there to the commit.
-
-# The advisory lock's first key: "picks of provider N" (the second key is the provider's id).
-PICK_LOCK_CLASS = 7_201_701
-
-HOLD_TAKE = """
 CREATE OR REPLACE FUNCTION pool_hold_take(p_account bigint, p_amount bigint, p_hold_id text)
 RETURNS boolean LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
@@ -48,9 +46,8 @@ BEGIN
     RETURN FOUND;
 END;
 $$;
-"""
 
-KEY_TAKE = f"""
+-- The advisory lock's first key, 7201701: "picks of provider N" (the second key is the provider's id).
 CREATE OR REPLACE FUNCTION pool_key_take(p_provider bigint, p_candidates bigint[], p_request text)
 RETURNS bigint LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
@@ -59,7 +56,7 @@ BEGIN
     IF p_candidates IS NULL OR cardinality(p_candidates) = 0 THEN
         RETURN NULL;
     END IF;
-    PERFORM pg_advisory_xact_lock({PICK_LOCK_CLASS}, mod(p_provider, 2147483647)::integer);
+    PERFORM pg_advisory_xact_lock(7201701, mod(p_provider, 2147483647)::integer);
     -- A statement of its own after the turn (a fresh snapshot): the stamp and the lease together.
     WITH stamped AS (
         UPDATE keys_providerkey SET lru_seq = nextval('pool_key_lru_seq'), last_used_at = now()
@@ -75,24 +72,7 @@ BEGIN
     RETURN taken;
 END;
 $$;
-"""
 
-# One settlement's fields, as pool.hotpath.settle sends them (JSON, one object per request).
-SETTLEMENT_FIELDS = """
-    request_id text, created_at timestamptz, api_key_id bigint, requester_id bigint, organization_id bigint,
-    route text, task text, provider_id bigint, model text, provider_key_id bigint, stream boolean, outcome text,
-    upstream_status integer, error_code text, prompt_tokens bigint, completion_tokens bigint,
-    usage_estimated boolean, input_price bigint, output_price bigint, cost bigint, reward bigint,
-    payout_rate numeric, latency_ms bigint, ttfb_ms bigint,
-    payer bigint, charge bigint, charge_key text, charge_memo text,
-    byok_user bigint, byok_org bigint, month date, free bigint, fee bigint, fee_key text, fee_memo text,
-    hold_ids text[], key_id bigint, stats boolean, touch boolean,
-    credit bigint, credit_account bigint, credit_source text, credit_kind text, credit_key text, credit_memo text,
-    earning boolean, earning_account bigint, settled_cost bigint, rate numeric, rate_rule bigint,
-    rate_scope text, earned bigint
-"""
-
-SETTLE = """
 CREATE OR REPLACE FUNCTION pool_settle(
     p_batch json, p_accounts bigint[], p_platform text[], p_keys bigint[], p_byok_users bigint[],
     p_byok_orgs bigint[], p_months date[], p_lock_first boolean
@@ -168,7 +148,19 @@ BEGIN
         ORDER BY a.id FOR UPDATE;
     END IF;
 
-    FOR s IN SELECT * FROM json_to_recordset(p_batch) AS x(SETTLEMENT_FIELDS) LOOP
+    FOR s IN SELECT * FROM json_to_recordset(p_batch) AS x(
+    request_id text, created_at timestamptz, api_key_id bigint, requester_id bigint, organization_id bigint,
+    route text, task text, provider_id bigint, model text, provider_key_id bigint, stream boolean, outcome text,
+    upstream_status integer, error_code text, prompt_tokens bigint, completion_tokens bigint,
+    usage_estimated boolean, input_price bigint, output_price bigint, cost bigint, reward bigint,
+    payout_rate numeric, latency_ms bigint, ttfb_ms bigint,
+    payer bigint, charge bigint, charge_key text, charge_memo text,
+    byok_user bigint, byok_org bigint, month date, free bigint, fee bigint, fee_key text, fee_memo text,
+    hold_ids text[], key_id bigint, stats boolean, touch boolean,
+    credit bigint, credit_account bigint, credit_source text, credit_kind text, credit_key text, credit_memo text,
+    earning boolean, earning_account bigint, settled_cost bigint, rate numeric, rate_rule bigint,
+    rate_scope text, earned bigint
+) LOOP
         out_request_id := s.request_id;
         IF EXISTS (SELECT 1 FROM pool_requestrecord q WHERE q.request_id = s.request_id) THEN
             -- Settled before: nothing moves again.
@@ -206,7 +198,7 @@ BEGIN
         IF (s.byok_org IS NOT NULL OR s.byok_user IS NOT NULL) AND v_count > s.free THEN
             v_fee_due := s.fee;
         END IF;
-        -- The charge, then the fee, each capped at what the balance still has.
+        -- The charge, then the fee, each capped at what the balance still has (pool.sql.charge_and_fee).
         v_charged := LEAST(s.charge, GREATEST(v_balance, 0));
         v_fee := LEAST(v_fee_due, GREATEST(v_balance - v_charged, 0));
         INSERT INTO pool_requestrecord (request_id, created_at, api_key_id, requester_id, organization_id, route,
@@ -329,26 +321,5 @@ BEGIN
     END IF;
 END;
 $$;
-""".replace("SETTLEMENT_FIELDS", SETTLEMENT_FIELDS)
 
-DROP_SQL = """
-DROP FUNCTION IF EXISTS pool_settle(json, bigint[], text[], bigint[], bigint[], bigint[], date[], boolean);
 DROP FUNCTION IF EXISTS pool_ledger_post(text, text, text, bigint, bigint, bigint);
-DROP FUNCTION IF EXISTS pool_key_take(bigint, bigint[], text);
-DROP FUNCTION IF EXISTS pool_hold_take(bigint, bigint, text);
-"""
-
-
-FUNCTIONS = (HOLD_TAKE, KEY_TAKE, SETTLE)
-
-
-def install_functions(schema_editor) -> None:
-    """Create (or replace) the functions above: called by migrations, on PostgreSQL only."""
-    if schema_editor.connection.vendor == "postgresql":
-        for sql in FUNCTIONS:
-            schema_editor.execute(sql)
-
-
-def drop_functions(schema_editor) -> None:
-    if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(DROP_SQL)
