@@ -1,6 +1,6 @@
 """The hold: a reservation of the payer's spendable balance (balance − held) for a request in flight.
 
-pool_hold_take (PL/pgSQL) checks and reserves in one conditional UPDATE with the hold row, so
+billing_hold_take (billing's PL/pgSQL, billing/sql/) checks and reserves in one conditional UPDATE with the hold row, so
 requests can never together reserve more than the balance; the settlement releases (deletes) the
 request's holds. The first hop holds inside its own statement (pool.hotpath.begin); hold_place is
 the fail-over's hold.
@@ -15,7 +15,7 @@ def hold_id(request_id: str, route: str) -> str:
     return f"{request_id}:{route}"
 
 
-HOLD_SQL = "SELECT pool_hold_take($1, $2, $3)"
+HOLD_SQL = "SELECT billing_hold_take($1, $2, $3)"
 
 
 async def hold_place(hold: Hold) -> bool:

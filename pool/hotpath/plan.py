@@ -95,7 +95,8 @@ def plan_ctes(f: Fragments, q: Sql, *, fee_percent: Decimal, pool: bool) -> str:
     reserved = (
         "SELECT w.*,"
         f" CASE w.route WHEN '{Route.PLATFORM}' THEN w.worst_case"
-        f" WHEN '{Route.BYOK}' THEN CASE WHEN w.byok_requests >= w.free_requests"
+        # This request is the month's (byok_requests + 1)-th: billing's free tier says whether it owes the fee.
+        f" WHEN '{Route.BYOK}' THEN CASE WHEN billing_byok_fee_due(w.byok_requests + 1, w.free_requests)"
         f" THEN {percent_of_sql('w.worst_case', fee_percent)} ELSE 0 END ELSE 0 END AS hold_amount,"
         " CASE WHEN w.c_limit IS NULL OR w.t_provider IS NULL THEN FALSE"
         " ELSE COALESCE((SELECT SUM(r.charged) FROM pool_requestrecord r WHERE r.api_key_id = w.c_id"

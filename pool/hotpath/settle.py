@@ -7,13 +7,19 @@ its lease. Amounts (cost, fee, reward, earning) are pool.services'; pool_settle 
 them at the balance and applies them, for each request of the batch in turn.
 """
 
-from billing.models import Account
+from accounts.services import LAST_USED_RESOLUTION
+from billing.models import Account, LedgerTransaction
 from pool.hotpath.batch import batcher
 from pool.hotpath.db import lane_fetchall
 from pool.hotpath.dtos import Settled, SettleSpec
 from pool.hotpath.sqltext import json_rows, pg_array
 
 PLATFORM_KINDS = (Account.Kind.REVENUE, Account.Kind.POOL_REWARDS, Account.Kind.EXCHANGE_PAYOUTS)
+# pool_settle's constants, passed rather than repeated in its text: the platform accounts in the order
+# above, the ledger kinds of a charge and of a BYOK fee, and how stale an API key's last use may be.
+CONSTANTS = ("{" + ",".join(PLATFORM_KINDS) + "}", LedgerTransaction.Kind.USAGE, LedgerTransaction.Kind.BYOK_FEE,
+             LAST_USED_RESOLUTION)
+LOCK_FIRST = 7  # the parameter that asks pool_settle to lock the accounts before it reads them
 
 
 SETTLE_ATTEMPTS = 3
@@ -48,7 +54,8 @@ def _settle_json(s: SettleSpec) -> dict:
 
 SETTLE_SQL = (
     "SELECT * FROM pool_settle(CAST($1 AS json), CAST($2 AS bigint[]), CAST($3 AS text[]), CAST($4 AS bigint[]),"
-    " CAST($5 AS bigint[]), CAST($6 AS bigint[]), CAST($7 AS date[]), CAST($8 AS boolean))"
+    " CAST($5 AS bigint[]), CAST($6 AS bigint[]), CAST($7 AS date[]), CAST($8 AS boolean), CAST($9 AS text[]),"
+    " CAST($10 AS text), CAST($11 AS text), CAST($12 AS interval))"
 )
 
 
@@ -69,7 +76,7 @@ async def _settle_batch(specs: list[SettleSpec]) -> list[Settled]:
         json_rows(batch), pg_array(accounts), pg_array(platform), pg_array(keys if len(keys) > 1 else ()),
         pg_array({user for user, _, _ in counted if user} if several else ()),
         pg_array({org for _, org, _ in counted if org} if several else ()),
-        pg_array({month.isoformat() for _, _, month in counted}), False,
+        pg_array({month.isoformat() for _, _, month in counted}), False, *CONSTANTS,
     ]
     for attempt in range(SETTLE_ATTEMPTS):
         try:
@@ -78,9 +85,9 @@ async def _settle_batch(specs: list[SettleSpec]) -> list[Settled]:
         except CheckViolation:
             # A concurrent debit left a payer less than what the batch charged from the balance it read:
             # nothing was written; settle again with the accounts locked before they are read.
-            if params[-1]:
+            if params[LOCK_FIRST]:
                 raise
-            params[-1] = True
+            params[LOCK_FIRST] = True
         except DeadlockDetected:
             # Against a writer that locks the same rows in another order; nothing was written.
             if attempt == SETTLE_ATTEMPTS - 1:
