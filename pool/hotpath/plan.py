@@ -128,7 +128,8 @@ def plan_row(row) -> PlanRow:
     return PlanRow(
         caller=caller, provider_id=values["t_provider"], provider_slug=values["t_slug"],
         base_url=values["t_base_url"], model=values["t_name"], input_price=values["t_in"],
-        output_price=values["t_out"], route=values["route"], include_exchange=bool(values["include_exchange"]), worst_case=values["worst_case"],
+        output_price=values["t_out"], route=values["route"], include_exchange=bool(values["include_exchange"]),
+        worst_case=values["worst_case"],
         hold_amount=values["hold_amount"], over_limit=bool(values["over_limit"]), refusal=values["refusal"],
     )
 

@@ -115,9 +115,11 @@ def test_the_pick_takes_the_least_recently_used_key_and_leases_it_to_the_request
     assert none.key is None and not none.candidates
 
 
+@pytest.mark.design
 def test_the_columns_the_pick_stamps_are_in_no_index():
-    # Every request's pick rewrites them; indexed, each stamp would also write an entry into every index
-    # of the key table, where unindexed it is an update of the row alone (PostgreSQL: heap-only).
+    """Why it exists: every request's pick rewrites lru_seq and last_used_at; indexed, each stamp would
+    also write an entry into every index of the key table, where unindexed it is a heap-only update of
+    the row alone (bench/README.md). An index added for a query would silently slow every request."""
     from django.db import connection
 
     stamped = {"lru_seq", "last_used_at"}
@@ -205,17 +207,29 @@ def test_settlements_sharing_a_statement_are_capped_in_turn(user, monkeypatch):
     key = _platform_key()
     settlements = [_charge_only(user, key, request_id=f"req_{i}", completion_tokens=375_000) for i in range(4)]
 
-    receipts, statements = _settle_together(settlements, monkeypatch)
+    receipts, _ = _settle_together(settlements, monkeypatch)
 
     assert sorted(r.charged for r in receipts) == [0, parse_usd("0.50"), parse_usd("0.75"), parse_usd("0.75")]
     assert all(r.cost == parse_usd("0.75") for r in receipts)
-    assert statements == 2  # the first alone, the three that waited on it together
     assert main(user) == 0
     assert platform(Account.Kind.REVENUE) == SIGNUP
     assert sorted(RequestRecord.objects.values_list("charged", flat=True)) == sorted(r.charged for r in receipts)
     key.stats.refresh_from_db()
     assert key.stats.requests_served == 4
     assert_ledger_clean()
+
+
+@pytest.mark.design
+def test_settlements_waiting_on_one_statement_share_the_next(user, monkeypatch):
+    """Why it exists: a statement's fixed cost (round trip, executor start-up, commit, flush) was most of
+    a settlement's database cost (bench/README.md), so the settlements that wait while one is in
+    flight go together in the next; a change that sent them one by one would pass every behaviour test."""
+    key = _platform_key()
+    settlements = [_charge_only(user, key, request_id=f"req_{i}", completion_tokens=1_000) for i in range(4)]
+
+    _, statements = _settle_together(settlements, monkeypatch)
+
+    assert statements == 2  # the first alone, the three that waited on it together
 
 
 def test_the_same_request_twice_in_one_statement_is_settled_once(user, monkeypatch):
