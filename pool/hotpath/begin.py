@@ -13,6 +13,7 @@ from pool.hotpath.batch import batcher
 from pool.hotpath.db import lane_fetchall
 from pool.hotpath.dtos import Ask, FirstHop
 from pool.hotpath.fragments import fragments, fragments_ready
+from pool.hotpath.hold import hold_id_sql
 from pool.hotpath.pick import NOT_PICKED, PICKED_COLUMNS, candidates_sql, owner_accounts_sql, picked
 from pool.hotpath.plan import PLAN_COLUMNS, ask_values, asks_of_json, fee_percent, plan_ctes, plan_row
 from pool.hotpath.sqltext import Sql, json_rows
@@ -33,7 +34,7 @@ def _begin_sql(fee_percent: Decimal, pool: bool) -> Sql:
     text = f"WITH {asks_of_json(q)}, {plan_ctes(f, q, fee_percent=fee_percent, pool=pool)},"
     text += (
         " holds AS MATERIALIZED (SELECT o.n, CASE WHEN o.refusal IS NULL AND o.hold_amount > 0"
-        " THEN billing_hold_take(o.account_id, o.hold_amount, o.request_id || ':' || o.route) END AS held"
+        f" THEN billing_hold_take(o.account_id, o.hold_amount, {hold_id_sql('o.request_id', 'o.route')}) END AS held"
         " FROM (SELECT * FROM plan ORDER BY account_id, n) o),"
         " picks AS MATERIALIZED (SELECT o.n, pool_key_take(o.t_provider, o.ids, o.request_id) AS key_id,"
         " cardinality(o.ids) AS candidates FROM (SELECT p.n, p.t_provider, p.request_id,"

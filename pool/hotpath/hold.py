@@ -15,6 +15,12 @@ def hold_id(request_id: str, route: str) -> str:
     return f"{request_id}:{route}"
 
 
+def hold_id_sql(request_id: str, route: str) -> str:
+    """hold_id() as an SQL expression over two text expressions: the first hop names its holds in SQL,
+    where the route is decided."""
+    return f"{request_id} || ':' || {route}"
+
+
 HOLD_SQL = "SELECT billing_hold_take($1, $2, $3)"
 
 
