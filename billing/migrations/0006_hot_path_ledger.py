@@ -1,5 +1,6 @@
-"""Installs billing's SQL for the gateway's hot path: the hold, the batch's ledger postings, the moves of
-cached balances and the BYOK free tier's rule, which the gateway's own functions (pool/0007) call.
+"""Installs billing's SQL for the gateway's hot path: the hold, the batch's ledger postings, the moves
+of cached balances, and the BYOK month's counter and free tier's rule, which the gateway's own
+functions (pool/0007) call.
 
 The text is frozen in billing/sql/0006_hot_path_ledger.pg.sql: replaying history installs what this
 migration installed, whatever the code says later."""
@@ -11,6 +12,7 @@ from django.db import migrations
 SQL = (Path(__file__).resolve().parent.parent / "sql" / "0006_hot_path_ledger.pg.sql").read_text()
 DROP = """
 DROP FUNCTION IF EXISTS billing_byok_fee_due(bigint, bigint);
+DROP FUNCTION IF EXISTS billing_byok_count(bigint, bigint, date);
 DROP FUNCTION IF EXISTS billing_balances_move(bigint[], bigint[], bigint[]);
 DROP FUNCTION IF EXISTS billing_ledger_post_batch(text[], text[], text[], bigint[], bigint[], bigint[]);
 DROP FUNCTION IF EXISTS billing_hold_take(bigint, bigint, text);

@@ -1,7 +1,7 @@
 -- billing 0006: billing's own SQL for the gateway's hot path, which composes it (pool/sql/). Billing owns
--- every write to ledger transactions, entries and account balances, and the BYOK free tier's rule;
--- these are the forms of them that run a batch at a time inside the gateway's statements (the ORM
--- form, for everything else, is billing.services.ledger). Frozen: a change to the functions ships as
+-- every write to ledger transactions, entries and account balances, and the BYOK month's counter and
+-- free tier's rule; these are the forms of them that run a batch at a time inside the gateway's
+-- statements (the ORM form, for everything else, is billing.services.ledger). Frozen: a change to the functions ships as
 -- a new file with a new migration. (The ledger's trigger functions are billing/0002's.)
 --
 -- - billing_hold_take: reserve an amount of the payer's spendable balance (balance − held) with the
@@ -14,6 +14,8 @@
 -- - billing_balances_move: move cached balances and holds, once per account, in id order. Every
 --   writer of accounts locks them in id order, so two writers never wait on each other in a cycle;
 --   the not-below-zero CHECK refuses a move that would take an account below zero.
+-- - billing_byok_count: count one more BYOK request of a billing owner's month (an organization's
+--   members count on the organization's counter, others on their own) and return the month's count.
 -- - billing_byok_fee_due: the BYOK free tier. The n-th BYOK request of a billing owner's calendar
 --   month (UTC) is free while n ≤ p_free (HEADROOM_BYOK_FREE_REQUESTS, 1,000,000: SPEC.md "platform
 --   fee 0 while the owner's month count ≤ 1,000,000, else 5%"); past it, it owes the fee.
@@ -62,6 +64,26 @@ BEGIN
             UPDATE billing_account SET balance = balance + r.balance, held = held + r.held WHERE id = r.id;
         END IF;
     END LOOP;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION billing_byok_count(p_user bigint, p_org bigint, p_month date)
+RETURNS bigint LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    v_count bigint;
+BEGIN
+    IF p_org IS NOT NULL THEN
+        INSERT INTO billing_byokmonthlyusage AS u (user_id, organization_id, month, requests)
+        VALUES (NULL, p_org, p_month, 1)
+        ON CONFLICT (organization_id, month) WHERE organization_id IS NOT NULL
+        DO UPDATE SET requests = u.requests + 1 RETURNING u.requests INTO v_count;
+    ELSE
+        INSERT INTO billing_byokmonthlyusage AS u (user_id, organization_id, month, requests)
+        VALUES (p_user, NULL, p_month, 1)
+        ON CONFLICT (user_id, month) WHERE user_id IS NOT NULL
+        DO UPDATE SET requests = u.requests + 1 RETURNING u.requests INTO v_count;
+    END IF;
+    RETURN v_count;
 END;
 $$;
 

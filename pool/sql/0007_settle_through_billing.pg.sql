@@ -2,11 +2,13 @@
 -- Frozen: a change to the functions ships as a new file with a new migration.
 --
 -- What changed since 0006: billing owns the writes to its ledger and balances, and the BYOK free
--- tier's rule (billing/sql/0006_hot_path_ledger.pg.sql). The hold is billing_hold_take, so
+-- tier's rule and counter (billing/sql/0006_hot_path_ledger.pg.sql). The hold is billing_hold_take, so
 -- pool_hold_take goes; pool_settle calls billing_ledger_post_batch and billing_balances_move once per
--- batch (not per request) and billing_byok_fee_due per BYOK request; the values it repeated from
--- Python (the platform account kinds, the ledger kinds of a charge and a fee, the API key's last-use
--- resolution) are parameters.
+-- batch (not per request), and billing_byok_count and billing_byok_fee_due per BYOK request (a
+-- function call each, a few µs); the holds' release stays a step of pool_settle's own, in one
+-- statement with the end of the key's lease (apart, it would be a statement more per request); the
+-- values it repeated from Python (the platform account kinds, the ledger kinds of a charge and a fee,
+-- the API key's last-use resolution) are parameters.
 --
 -- Why functions: PostgreSQL's cost of a request was mostly fixed cost per statement and per
 -- transaction (a round trip, executor start-up, commit: ~120 µs for a one-row write on its own, ~22 µs
@@ -175,19 +177,11 @@ BEGIN
             v_balance := v_left[v_i];
         END IF;
         v_fee_due := 0;
-        IF s.byok_org IS NOT NULL THEN
-            INSERT INTO billing_byokmonthlyusage AS u (user_id, organization_id, month, requests)
-            VALUES (NULL, s.byok_org, s.month, 1)
-            ON CONFLICT (organization_id, month) WHERE organization_id IS NOT NULL
-            DO UPDATE SET requests = u.requests + 1 RETURNING u.requests INTO v_count;
-        ELSIF s.byok_user IS NOT NULL THEN
-            INSERT INTO billing_byokmonthlyusage AS u (user_id, organization_id, month, requests)
-            VALUES (s.byok_user, NULL, s.month, 1)
-            ON CONFLICT (user_id, month) WHERE user_id IS NOT NULL
-            DO UPDATE SET requests = u.requests + 1 RETURNING u.requests INTO v_count;
-        END IF;
-        IF (s.byok_org IS NOT NULL OR s.byok_user IS NOT NULL) AND billing_byok_fee_due(v_count, s.free) THEN
-            v_fee_due := s.fee;
+        IF s.byok_org IS NOT NULL OR s.byok_user IS NOT NULL THEN
+            v_count := billing_byok_count(s.byok_user, s.byok_org, s.month);
+            IF billing_byok_fee_due(v_count, s.free) THEN
+                v_fee_due := s.fee;
+            END IF;
         END IF;
         -- The charge, then the fee, each capped at what the balance still has.
         v_charged := LEAST(s.charge, GREATEST(v_balance, 0));

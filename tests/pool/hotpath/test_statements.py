@@ -82,6 +82,24 @@ def test_the_byok_fee_past_the_free_tier_is_capped_at_what_is_left(user, setting
     assert_ledger_clean()
 
 
+def test_an_organizations_byok_requests_count_on_the_organizations_month(user):
+    from dataclasses import replace
+
+    from accounts.services import organization_create
+
+    org = organization_create(owner=user, name="Acme")
+    key = key_in_state(ProviderKey.Status.ACTIVE, owner=user, byok=True)
+    s = _settlement(user, key, "byok", completion_tokens=1_000)
+    on_org = replace(s, caller=replace(s.caller, organization_id=org.pk, account_id=None))
+
+    run(request_settle(s=on_org))
+    run(request_settle(s=replace(on_org, request_id="req_2")))
+
+    assert ByokMonthlyUsage.objects.get(organization=org).requests == 2
+    assert not ByokMonthlyUsage.objects.filter(user=user).exists()
+    assert_ledger_clean()
+
+
 def test_a_hold_beyond_the_spendable_balance_is_refused(user):
     account = Account.objects.get(user=user, kind=Account.Kind.MAIN)
 
