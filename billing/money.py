@@ -105,8 +105,8 @@ def token_cost(tokens: int, usd_per_million_nanos: int) -> int:
 
 
 # --- the same rules in SQL ------------------------------------------------------------------------
-# The gateway reserves a request's worst case inside its first database statement (pool.hotpath), where
-# the prices are read, so the rounding rule must exist in SQL too; it is written here, next to the
+# The gateway reserves a request's worst case inside its first database statement (pool.hotpath),
+# where the prices are read, so the rounding rule must exist in SQL too; it is written here, next to the
 # Python it mirrors, and tests/billing/test_money_sql.py checks the two agree. Integer arithmetic only
 # (PostgreSQL's round() on numeric rounds half away from zero, not half-even, and bigint is cheaper
 # than numeric), arranged so that no product leaves 64 bits for the ranges the gateway validates:
