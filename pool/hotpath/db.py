@@ -1,6 +1,6 @@
 """How the gateway reaches the database without blocking its event loop.
 
-PostgreSQL: the hot path's statements (pool.hotpath) run on psycopg's async
+The hot path's statements (pool.hotpath) run on psycopg's async
 connections, on the event loop itself: no thread hand-off per phase, which
 PERFORMANCE.md measured at a large share of the per-request budget. Each
 phase is one statement (shared by a batch of requests: pool.hotpath.batch) in

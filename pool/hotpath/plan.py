@@ -134,7 +134,7 @@ def plan_row(row) -> PlanRow:
     )
 
 
-# A request's own facts, the plan's inputs: (name, type on PostgreSQL).
+# A request's own facts, the plan's inputs: (name, SQL type).
 ASK_FIELDS = (
     ("n", "integer"), ("request_id", "text"), ("raw_hash", "text"), ("slug", "text"), ("model", "text"),
     ("is_pool", "boolean"), ("platform_only", "boolean"), ("prompt_tokens", "bigint"), ("max_tokens", "bigint"),
@@ -152,7 +152,7 @@ def _asks_of_values(q: Sql) -> str:
 
 
 def asks_of_json(q: Sql) -> str:
-    """`asks` as the rows of one JSON parameter (a batch on PostgreSQL)."""
+    """`asks` as the rows of one JSON parameter (a batch)."""
     columns = ", ".join(f"{name} {kind}" for name, kind in ASK_FIELDS)
     return f"asks AS MATERIALIZED (SELECT * FROM json_to_recordset(CAST({q.value('asks')} AS json)) AS a({columns}))"
 
