@@ -145,7 +145,7 @@ class BalanceHold(models.Model):
     deletes the hold in the same database transaction, so a row exists only
     while its request is in flight. `Account.held` caches the sum of an
     account's holds so that placing one is a single conditional UPDATE
-    (pool.sql). A hold left by a crashed process is released by
+    (pool.hotpath). A hold left by a crashed process is released by
     `billing.tasks.stale_holds_release_task`.
 
     Released holds are deleted rather than marked: marked rows would stay in

@@ -1,8 +1,8 @@
 """Money: integer nanodollars (1e-9 USD), and the one place that does arithmetic on them.
 
-Why integers: Django sums decimals on SQLite through floats, so a Decimal
-column would not be exact on the embedded default. A nanodollar is fine-grained
-enough for 5% of a ten-token request. Amounts are parsed from decimal strings
+Why integers: exact in Python and in PostgreSQL alike (bigint sums and
+compares without rounding, and is cheaper than numeric on the hot path). A
+nanodollar is fine-grained enough for 5% of a ten-token request. Amounts are parsed from decimal strings
 only (a float is already inexact), rounded half-even to the nanodollar, and
 rendered as decimal strings for APIs and as "$1.23" for people.
 """
@@ -105,12 +105,13 @@ def token_cost(tokens: int, usd_per_million_nanos: int) -> int:
 
 
 # --- the same rules in SQL ------------------------------------------------------------------------
-# The gateway reserves a request's worst case inside its first database statement (pool.sql), where
-# the prices are read, so the rounding rule must exist in SQL too; it is written here, next to the
-# Python it mirrors, and tests/billing/test_money_sql.py checks the two agree on SQLite and
-# PostgreSQL. Integer arithmetic only (SQLite has no exact decimal type), arranged so that no product
-# leaves 64 bits for the ranges the gateway validates: tokens up to 2**31 - 1 and prices up to
-# $4,000,000 per million tokens (MAX_SQL_TOKENS, MAX_SQL_PRICE); percent_of_sql takes any amount.
+# The gateway reserves a request's worst case inside its first database statement (pool.hotpath),
+# where the prices are read, so the rounding rule must exist in SQL too; it is written here, next to the
+# Python it mirrors, and tests/billing/test_money_sql.py checks the two agree. Integer arithmetic only
+# (PostgreSQL's round() on numeric rounds half away from zero, not half-even, and bigint is cheaper
+# than numeric), arranged so that no product leaves 64 bits for the ranges the gateway validates:
+# tokens up to 2**31 - 1 and prices up to $4,000,000 per million tokens (MAX_SQL_TOKENS,
+# MAX_SQL_PRICE); percent_of_sql takes any amount.
 
 MAX_SQL_TOKENS = 2**31 - 1
 MAX_SQL_PRICE = 4_000_000 * NANOS_PER_USD  # nanodollars per million tokens

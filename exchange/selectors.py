@@ -139,7 +139,7 @@ def payout_rate_resolve(*, user: User | int | None, provider, task: str = "") ->
     return payout_rate_explain(user=user, provider=provider, task=task).resolved
 
 
-# The global rule: no user, no provider. Also compiled into the gateway's first statement (pool.sql).
+# The global rule: no user, no provider. Also compiled into the gateway's first statement (pool.hotpath).
 GLOBAL_RULE = Q(user__isnull=True, provider__isnull=True)
 
 

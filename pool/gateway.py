@@ -13,12 +13,12 @@ plan the routes and reserve funds (402/403 up front) → pick a key (LRU, atomic
 → call the provider; before its first byte a failure tries the next key, or
 fails over from BYOK to the platform → relay (SSE or JSON) while capturing
 usage → settle exactly once (shielded from cancellation) → send the receipt.
+The relay and the settlement after the first byte are pool.relay's.
 """
 
 import asyncio
 import contextlib
 import logging
-import math
 import secrets
 import time
 from dataclasses import dataclass
@@ -36,16 +36,16 @@ from keys.services import (
     provider_key_record_success,
     provider_key_release,
 )
-from pool import db, errors, ratelimit, sse, upstream
-from pool.db import db_call
+from pool import errors, ratelimit, upstream
 from pool.errors import GatewayError, bad_request
+from pool.hotpath import db
+from pool.hotpath.db import db_call
 from pool.models import RequestRecord
-from pool.selectors import Caller, Target, routable_models
+from pool.relay import Call, relay_json, relay_stream, send_json, settlement_of, text_tokens
+from pool.selectors import routable_models
 from pool.services import (
     PickedKey,
     Plan,
-    Receipt,
-    Settlement,
     Usage,
     caller_open,
     key_pick,
@@ -60,12 +60,6 @@ Outcome = RequestRecord.Outcome
 
 FORBIDDEN_FIELDS = ("api_base", "base_url", "api_key", "headers", "extra_headers")
 GATEWAY_FIELDS = ("key_pool_mode",)
-JSON_HEADERS = [(b"content-type", b"application/json")]
-SSE_HEADERS = [
-    (b"content-type", b"text/event-stream; charset=utf-8"),
-    (b"cache-control", b"no-cache"),
-    (b"x-accel-buffering", b"no"),
-]
 
 
 class Gateway:
@@ -104,22 +98,6 @@ def clock() -> datetime:
 
 
 @dataclass
-class Call:
-    request_id: str
-    started: float
-    created_at: datetime
-    caller: Caller
-    target: Target
-    task: str
-    stream: bool
-    client_wants_usage: bool
-    upstream_path: str
-    upstream_body: bytes
-    prompt_estimate: int
-    platform_only: bool
-
-
-@dataclass
 class Failure:
     """An upstream failure before the first byte."""
 
@@ -141,12 +119,12 @@ async def handle(scope, receive, send) -> None:
         raw_key = _bearer(headers)
         await endpoint[1](scope, receive, send, headers, raw_key)
     except GatewayError as error:
-        await _send_json(send, error.status, error.body(), extra=error.headers)
+        await send_json(send, error.status, error.body(), extra=error.headers)
     except Exception:
         # Logged without locals or request data (no secrets, no prompts); the client gets a stable shape.
         logger.exception("gateway request failed on %s", path)
         with contextlib.suppress(Exception):
-            await _send_json(send, 500, GatewayError(500, errors.INTERNAL, type="api_error", code="internal_error").body())
+            await send_json(send, 500, GatewayError(500, errors.INTERNAL, type="api_error", code="internal_error").body())
 
 
 def _headers(scope) -> dict[str, str]:
@@ -219,22 +197,17 @@ def _pool_mode(payload: dict) -> bool:
     return mode == "platformOnly"
 
 
-def _text_tokens(text_length: int) -> int:
-    """A generous token estimate for reserving funds and for usage a provider did not report."""
-    return math.ceil(text_length / 3)
-
-
 def _prompt_estimate(messages: list) -> int:
     total = 0
     for message in messages:
         total += 4
         content = message.get("content") if isinstance(message, dict) else None
         if isinstance(content, str):
-            total += _text_tokens(len(content))
+            total += text_tokens(len(content))
         elif isinstance(content, list):
             for part in content:
                 if isinstance(part, dict) and isinstance(part.get("text"), str):
-                    total += _text_tokens(len(part["text"]))
+                    total += text_tokens(len(part["text"]))
                 else:
                     total += 300  # an image or other part: reserve generously
     return max(total, 1)
@@ -319,7 +292,7 @@ async def embeddings(scope, receive, send, headers, raw_key: str) -> None:
     body = {k: v for k, v in payload.items() if k not in GATEWAY_FIELDS}
     call, plan, first_key = await _begin(
         raw_key=raw_key, model=model, task="embeddings", stream=False, wants_usage=False,
-        path="embeddings", body=body, prompt_estimate=max(_text_tokens(length), 1), max_tokens=0,
+        path="embeddings", body=body, prompt_estimate=max(text_tokens(length), 1), max_tokens=0,
         platform_only=platform_only,
     )
     await dispatch(call, plan, first_key, receive, send)
@@ -330,7 +303,7 @@ async def models(scope, receive, send, headers, raw_key: str) -> None:
     ids = await db_call(routable_models)
     created = int(time.time())
     data = [{"id": i, "object": "model", "created": created, "owned_by": i.split("/", 1)[0]} for i in ids]
-    await _send_json(send, 200, {"object": "list", "data": data})
+    await send_json(send, 200, {"object": "list", "data": data})
 
 
 ENDPOINTS = {
@@ -400,7 +373,7 @@ async def _try_routes(
 
 async def _finish_failed(call: Call, key: PickedKey | None, failure: Failure | None) -> None:
     """Settle a request that never got an answer: nothing is charged, the hold is released."""
-    await asyncio.shield(request_settle(s=_settlement(
+    await asyncio.shield(request_settle(s=settlement_of(
         call, key, Outcome.FAILED, Usage(0, 0),
         upstream_status=failure.status if failure else None,
         error_code=failure.kind if failure else "no_key",
@@ -478,214 +451,3 @@ async def attempt(call: Call, key: PickedKey, receive, send) -> Failure | None:
 async def _record_success(key: PickedKey) -> None:
     if key.had_errors:
         await db_call(provider_key_record_success, key_id=key.key_id)
-
-
-def _settlement(call: Call, key, outcome: str, usage: Usage, **extra) -> Settlement:
-    return Settlement(
-        request_id=call.request_id,
-        created_at=call.created_at,
-        caller=call.caller,
-        target=call.target,
-        task=call.task,
-        stream=call.stream,
-        outcome=outcome,
-        usage=usage,
-        key=key,
-        latency_ms=int((time.monotonic() - call.started) * 1000),
-        **extra,
-    )
-
-
-def _usage_from(data: object) -> Usage | None:
-    if not isinstance(data, dict):
-        return None
-    prompt = data.get("prompt_tokens", data.get("input_tokens"))
-    completion = data.get("completion_tokens", data.get("output_tokens", 0))
-    if not isinstance(prompt, int) or not isinstance(completion, int) or prompt < 0 or completion < 0:
-        return None
-    return Usage(prompt, completion)
-
-
-def _receipt_usage(usage: dict, receipt: Receipt) -> dict:
-    """OpenRouter-style receipt fields on the usage object: cost charged (USD) and whether BYOK."""
-    from billing.money import usd
-
-    return {**usage, "cost": float(usd(receipt.charged)), "is_byok": receipt.is_byok}
-
-
-def _receipt_headers(call: Call, key: PickedKey) -> list[tuple[bytes, bytes]]:
-    return [(b"x-headroom-route", key.route.encode()), (b"x-headroom-request-id", call.request_id.encode())]
-
-
-async def relay_json(call: Call, key: PickedKey, response, first: bytes, ttfb_ms: int, send) -> None:
-    try:
-        raw = first + await response.read()
-        data = orjson.loads(raw)
-    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
-        data = None
-    usage = _usage_from(data.get("usage")) if isinstance(data, dict) else None
-    if usage is None:
-        outcome = Outcome.CUT if data is None else Outcome.SUCCEEDED
-        completion = 0
-        if isinstance(data, dict):
-            for choice in data.get("choices") or []:
-                content = (choice.get("message") or {}).get("content") if isinstance(choice, dict) else None
-                completion += _text_tokens(len(content)) if isinstance(content, str) else 0
-        usage = Usage(call.prompt_estimate, completion, estimated=True)
-    else:
-        outcome = Outcome.SUCCEEDED
-    receipt = await asyncio.shield(request_settle(s=_settlement(
-        call, key, outcome, usage, upstream_status=200, ttfb_ms=ttfb_ms,
-    )))
-    if data is None:
-        raise GatewayError(502, errors.UPSTREAM_ERROR.format(status=200), type="api_error", code="upstream_malformed")
-    data["model"] = call.target.requested
-    data["usage"] = _receipt_usage(data.get("usage") if isinstance(data.get("usage"), dict) else {
-        "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
-    }, receipt)
-    await _send_json(send, 200, data, extra_raw=_receipt_headers(call, key))
-
-
-@dataclass
-class StreamState:
-    usage: Usage | None = None
-    usage_chunk: dict | None = None
-    content_chars: int = 0
-    content_chunks: int = 0
-    saw_done: bool = False
-
-
-async def relay_stream(call: Call, key: PickedKey, response, first: bytes, ttfb_ms: int, receive, send) -> None:
-    state = StreamState()
-    disconnected = asyncio.Event()
-
-    async def watch_disconnect():
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                disconnected.set()
-                return
-
-    watcher = asyncio.create_task(watch_disconnect())
-    await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + _receipt_headers(call, key)})
-    pump = asyncio.create_task(_pump(call, response, first, state, send))
-    outcome = Outcome.CANCELLED
-    try:
-        done, _ = await asyncio.wait({pump, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if pump in done:
-            outcome = pump.result()
-        else:
-            pump.cancel()  # the client left: stop reading the provider (closes the upstream call)
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await pump
-    finally:
-        watcher.cancel()
-        usage = state.usage or Usage(
-            call.prompt_estimate, max(state.content_chunks, _text_tokens(state.content_chars)), estimated=True
-        )
-        receipt = await asyncio.shield(request_settle(s=_settlement(
-            call, key, outcome, usage, upstream_status=200, ttfb_ms=ttfb_ms,
-            error_code="" if outcome == Outcome.SUCCEEDED else outcome,
-        )))
-    if outcome == Outcome.CANCELLED:
-        return
-    tail = b""
-    if outcome == Outcome.SUCCEEDED:
-        if call.client_wants_usage:
-            chunk = state.usage_chunk or {
-                "id": call.request_id, "object": "chat.completion.chunk", "created": int(time.time()),
-                "model": call.target.requested, "choices": [],
-                "usage": {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-                          "total_tokens": usage.prompt_tokens + usage.completion_tokens},
-            }
-            chunk["usage"] = _receipt_usage(chunk.get("usage") or {}, receipt)
-            tail += sse.encode(chunk)
-        tail += sse.encode(sse.DONE)
-    else:
-        tail += sse.encode(GatewayError(502, errors.STREAM_CUT, type="api_error", code="upstream_stream_cut").body())
-    await send({"type": "http.response.body", "body": tail, "more_body": False})
-
-
-async def _pump(call: Call, response, first: bytes, state: StreamState, send) -> str:
-    """Relay provider events to the client until [DONE]; returns the outcome."""
-    splitter = sse.EventSplitter()
-    keepalive = settings.HEADROOM_SSE_KEEPALIVE_SECONDS
-    chunk = first
-    try:
-        while True:
-            out = []
-            for event in splitter.feed(chunk):
-                forwarded = _inspect(event, state, call)
-                if forwarded is not None:
-                    out.append(forwarded)
-            if out:
-                await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
-            if state.saw_done:
-                return Outcome.SUCCEEDED
-            idle = asyncio.timeout(keepalive)  # a timer, not a task per read as wait_for would make
-            try:
-                async with idle:
-                    chunk = await response.content.readany()
-            except aiohttp.ClientError:
-                # Before the TimeoutError clause: aiohttp's read timeout is a TimeoutError too, and
-                # it means the provider went silent for good, not an idle gap.
-                raise
-            except TimeoutError:
-                if not idle.expired():
-                    raise
-                # Idle upstream: keep proxies and clients from timing the stream out.
-                await send({"type": "http.response.body", "body": b": keepalive\n\n", "more_body": True})
-                chunk = b""
-                continue
-            if not chunk:
-                return Outcome.CUT  # the provider closed the stream without [DONE]
-    except (aiohttp.ClientError, ConnectionError):
-        return Outcome.CUT
-
-
-def _inspect(event: bytes, state: StreamState, call: Call) -> bytes | None:
-    """Look at one event: capture usage, count content, hide what the client did not ask for."""
-    data = sse.event_data(event)
-    if data is None:
-        return event + b"\n\n"  # a comment: pass it on
-    if data.strip() == sse.DONE:
-        state.saw_done = True
-        return None  # sent after settlement, behind the receipt
-    try:
-        payload = orjson.loads(data)
-    except ValueError:
-        return event + b"\n\n"
-    if not isinstance(payload, dict):
-        return event + b"\n\n"
-    if "error" in payload:
-        # A provider error mid-stream: never relayed as is (it may echo the key).
-        raise aiohttp.ClientPayloadError("provider error event")
-    usage = _usage_from(payload.get("usage"))
-    if usage is not None:
-        state.usage = usage  # cumulative formats: the last value is the total
-    choices = payload.get("choices")
-    if usage is not None and not choices:
-        state.usage_chunk = payload
-        return None  # the usage chunk goes out after settlement, with the cost, if asked for
-    for choice in choices or []:
-        delta = choice.get("delta") if isinstance(choice, dict) else None
-        content = delta.get("content") if isinstance(delta, dict) else None
-        if isinstance(content, str) and content:
-            state.content_chunks += 1
-            state.content_chars += len(content)
-    if usage is not None and not call.client_wants_usage:
-        payload.pop("usage", None)
-        return sse.encode(payload)
-    return event + b"\n\n"
-
-
-async def _send_json(send, status: int, body: dict, *, extra: dict | None = None, extra_raw=None) -> None:
-    data = orjson.dumps(body)
-    headers = list(JSON_HEADERS) + [(b"content-length", str(len(data)).encode())]
-    for name, value in (extra or {}).items():
-        headers.append((name.encode(), value.encode()))
-    headers.extend(extra_raw or [])
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": data})
-

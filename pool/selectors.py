@@ -1,9 +1,9 @@
 """Reads for the gateway's API and the rare paths of its hot path.
 
 The hot path's own reads (who is calling, which model, which keys may serve)
-are one statement in pool.sql, compiled from the rules in keys.selectors;
+are one statement in pool.hotpath, compiled from the rules in keys.selectors;
 what is here is synchronous ORM, called from the proxy through
-`pool.db.db_call` or from the management API.
+`pool.hotpath.db.db_call` or from the management API.
 """
 
 from dataclasses import dataclass

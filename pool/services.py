@@ -1,14 +1,14 @@
 """The gateway's rules for one request: who may ask, which routes, what to reserve, what it costs.
 
 Async, called from the proxy (pool.gateway) on the event loop. The database
-work of the hot path is two statements in pool.sql: `begin` (the plan, the
+work of the hot path is two statements in pool.hotpath: `begin` (the plan, the
 hold and the key pick) and `settle`. What the plan decides up front (the first
 route, whether exchange keys may serve, the worst case and what to reserve,
 why to refuse) is its SELECT's, and is read here from its row; this module
 turns the row into the request's plan and errors, and decides everything after
 the answer: the cost, the BYOK fee, the donor's reward and the exchange
 earning. Rare paths (an account's first use, an exchange key's payout rate, a
-replayed settlement) run ORM code in a worker thread (pool.db.db_call).
+replayed settlement) run ORM code in a worker thread (pool.hotpath.db.db_call).
 """
 
 import asyncio
@@ -18,7 +18,6 @@ from datetime import timezone as dt_timezone
 from decimal import Decimal
 
 from django.conf import settings
-from django.utils import timezone
 
 from accounts.models import Organization, User
 from accounts.selectors import API_KEY_PATTERN
@@ -29,8 +28,14 @@ from billing.selectors import month_start
 from billing.services import account_for_owner, platform_account
 from exchange.selectors import payout_rate_resolve
 from keys.crypto import decrypt_secret
-from pool import errors, sql
-from pool.db import db_call
+from pool import errors
+from pool.hotpath.begin import begin
+from pool.hotpath.dtos import Ask, Credit, Earning, Hold, Refusal, SettleSpec
+from pool.hotpath.hold import hold_id, hold_place
+from pool.hotpath.pick import key_take
+from pool.hotpath.plan import plan_read
+from pool.hotpath.settle import PLATFORM_KINDS, PlatformAccountMissing, settle
+from pool.hotpath.db import db_call
 from pool.errors import GatewayError
 from pool.models import RequestRecord
 from pool.ratelimit import rate_limit
@@ -40,7 +45,7 @@ Route = RequestRecord.Route
 Outcome = RequestRecord.Outcome
 PICK_RETRIES = 20
 # The routes that reserve money: BYOK (its fee, past the free tier) and the platform. A request that
-# fails over from one to the other holds for both, each under its own id (pool.sql.hold_id).
+# fails over from one to the other holds for both, each under its own id (pool.hotpath.hold.hold_id).
 HELD_ROUTES = (Route.BYOK, Route.PLATFORM)
 
 
@@ -94,10 +99,10 @@ def _split_model(requested: str) -> tuple[str, str, bool]:
 
 
 def _ask(*, raw_hash: str, model: str, at: datetime, prompt_tokens: int = 0, max_tokens: int = 0,
-         platform_only: bool = False) -> sql.Ask:
+         platform_only: bool = False) -> Ask:
     slug, name, pool = _split_model(model)
     month = month_start(at)
-    return sql.Ask(
+    return Ask(
         raw_hash=raw_hash, slug=slug, model=name, pool=pool, platform_only=platform_only,
         prompt_tokens=prompt_tokens, max_tokens=max_tokens, month=month,
         month_from=datetime.combine(month, datetime.min.time(), tzinfo=dt_timezone.utc),
@@ -116,19 +121,19 @@ async def caller_open(*, raw_key: str, at: datetime) -> Caller:
     that route nothing."""
     raw_hash = _raw_hash(raw_key)
     await rate_limit(key=raw_hash)
-    row = await sql.plan_read(ask=_ask(raw_hash=raw_hash, model="", at=at))
+    row = await plan_read(ask=_ask(raw_hash=raw_hash, model="", at=at))
     if row is None:
         raise _unauthenticated()
     return row.caller
 
 
 _REFUSALS = {
-    sql.Refusal.POOL_PROVIDER_NOT_CLEARED: lambda row: GatewayError(
+    Refusal.POOL_PROVIDER_NOT_CLEARED: lambda row: GatewayError(
         403, errors.POOL_PROVIDER_NOT_CLEARED.format(provider=row.provider_slug), type="permission_error",
         code="pool_provider_not_cleared"),
-    sql.Refusal.POOL_GATE: lambda row: GatewayError(
+    Refusal.POOL_GATE: lambda row: GatewayError(
         403, errors.POOL_GATE, type="permission_error", code="pool_membership_required"),
-    sql.Refusal.MONTHLY_LIMIT: lambda row: _monthly_limit(),
+    Refusal.MONTHLY_LIMIT: lambda row: _monthly_limit(),
 }
 
 
@@ -145,22 +150,22 @@ async def request_begin(
     platform_only: bool,
 ) -> Begun:
     """Everything before the first upstream call: who (401/429), which model (404), which routes and
-    the money they need (403/402), and the first key. One statement (pool.sql.begin); a second only
+    the money they need (403/402), and the first key. One statement (pool.hotpath.begin); a second only
     when the payer's account is used for the first time."""
     raw_hash = _raw_hash(raw_key)
     # Before the database: a request over its API key's limit reserves and picks nothing.
     await rate_limit(key=raw_hash)
     ask = _ask(raw_hash=raw_hash, model=model, at=at, prompt_tokens=prompt_tokens, max_tokens=max_tokens,
                platform_only=platform_only)
-    begun = await sql.begin(ask=ask, request_id=request_id, now=timezone.now())
+    begun = await begin(ask=ask, request_id=request_id)
     row = begun.plan
-    if row is not None and row.refusal == sql.Refusal.NO_ACCOUNT:
+    if row is not None and row.refusal == Refusal.NO_ACCOUNT:
         await _payer_account(row.caller)  # a first use: make the account, then begin again
-        begun = await sql.begin(ask=ask, request_id=request_id, now=timezone.now())
+        begun = await begin(ask=ask, request_id=request_id)
         row = begun.plan
     if row is None:
         raise _unauthenticated()
-    if row.refusal == sql.Refusal.UNKNOWN_MODEL:
+    if row.refusal == Refusal.UNKNOWN_MODEL:
         raise GatewayError(404, errors.MODEL_UNKNOWN.format(model=model[:200]), param="model", code="model_not_found")
     if row.refusal is not None:
         raise _REFUSALS[row.refusal](row)
@@ -206,9 +211,9 @@ async def route_open(
     if plan.over_limit:
         raise _monthly_limit()
     if plan.worst_case > 0:
-        hold = sql.Hold(account_id=await _payer_account(caller), amount=plan.worst_case,
-                        hold_id=sql.hold_id(request_id, route))
-        if not await sql.hold_place(hold, now=timezone.now()):
+        hold = Hold(account_id=await _payer_account(caller), amount=plan.worst_case,
+                        hold_id=hold_id(request_id, route))
+        if not await hold_place(hold):
             raise _insufficient_balance()
     return await key_pick(caller=caller, target=target, route=route, include_exchange=plan.include_exchange,
                           request_id=request_id, exclude=exclude)
@@ -236,14 +241,15 @@ async def key_pick(
     *, caller: Caller, target: Target, route: str, include_exchange: bool, request_id: str,
     exclude: tuple[int, ...] = (),
 ) -> PickedKey | None:
-    """Take the least recently used candidate key for the route (pool.sql.key_take). Picks take turns
-    in the database, so a candidate is passed over only while another writer (a state transition)
-    holds it; then this tries again briefly rather than report "no key". None: no candidate exists."""
+    """Take the least recently used candidate key for the route (pool.hotpath.pick.key_take). Picks
+    take turns in the database, so a candidate is passed over only while another writer (a state
+    transition) holds it; then this tries again briefly rather than report "no key". None: no
+    candidate exists."""
     for attempt in range(PICK_RETRIES):
-        picked = await sql.key_take(
+        picked = await key_take(
             route=route, include_exchange=include_exchange, provider_id=target.provider_id,
             user_id=caller.user_id, organization_id=caller.organization_id, request_id=request_id,
-            exclude=exclude, now=timezone.now(),
+            exclude=exclude,
         )
         if picked.key is not None:
             return _picked_key(picked.key, route=route)
@@ -302,8 +308,8 @@ async def _owner_account(key: PickedKey, kind: str) -> int:
     return account.pk
 
 
-async def settlement_spec(s: Settlement) -> sql.SettleSpec:
-    """What settling this request moves, decided here and applied by pool.sql.settle.
+async def settlement_spec(s: Settlement) -> SettleSpec:
+    """What settling this request moves, decided here and applied by pool.hotpath.settle.
 
     - platform or exchange key: the requester pays the cost of the tokens delivered (also when the
       stream was cut or the client left), capped at their balance;
@@ -327,7 +333,7 @@ async def settlement_spec(s: Settlement) -> sql.SettleSpec:
     if route == Route.POOL and succeeded:
         reward = percent_of(cost, Decimal(settings.HEADROOM_POOL_REWARD_PERCENT))
         if reward > 0:
-            credit = sql.Credit(
+            credit = Credit(
                 amount=reward, account_id=await _owner_account(key, Account.Kind.MAIN),
                 source_kind=Account.Kind.POOL_REWARDS, txn_kind=LedgerTransaction.Kind.POOL_REWARD,
                 idempotency_key=f"pool-reward:{rid}", memo=f"pool request {rid}",
@@ -338,10 +344,10 @@ async def settlement_spec(s: Settlement) -> sql.SettleSpec:
         rate = resolved.percent
         amount = percent_of(cost, rate) if rate > 0 else 0
         frozen = await _owner_account(key, Account.Kind.FROZEN)
-        earning = sql.Earning(account_id=frozen, settled_cost=cost, rate_percent=rate, rule_id=resolved.rule_id,
+        earning = Earning(account_id=frozen, settled_cost=cost, rate_percent=rate, rule_id=resolved.rule_id,
                               scope=resolved.scope, amount=amount)
         if amount > 0:
-            credit = sql.Credit(
+            credit = Credit(
                 amount=amount, account_id=frozen, source_kind=Account.Kind.EXCHANGE_PAYOUTS,
                 txn_kind=LedgerTransaction.Kind.EXCHANGE_EARNING, idempotency_key=f"exchange-earning:{rid}",
                 memo=f"Exchange earning at {rate}% ({resolved.scope})",
@@ -349,7 +355,7 @@ async def settlement_spec(s: Settlement) -> sql.SettleSpec:
     # The payer's account takes the charge or fee and gets its holds back (none on the pool route).
     payer = await _payer_account(caller) if route != Route.POOL else None
     last_used = caller.last_used_at
-    return sql.SettleSpec(
+    return SettleSpec(
         record={
             "request_id": rid, "created_at": s.created_at, "api_key_id": caller.api_key_id,
             "requester_id": caller.user_id, "organization_id": caller.organization_id,
@@ -373,7 +379,7 @@ async def settlement_spec(s: Settlement) -> sql.SettleSpec:
         fee_memo=f"BYOK fee, request {rid}",
         credit=credit,
         earning=earning,
-        hold_ids=tuple(sql.hold_id(rid, r) for r in HELD_ROUTES) if payer else (),
+        hold_ids=tuple(hold_id(rid, r) for r in HELD_ROUTES) if payer else (),
         key_id=key.key_id if key else None,
         stats=key is not None and succeeded,
         touch_api_key=last_used is None or s.created_at - last_used >= LAST_USED_RESOLUTION,
@@ -381,7 +387,7 @@ async def settlement_spec(s: Settlement) -> sql.SettleSpec:
 
 
 def _platform_accounts_ensure() -> None:
-    for kind in sql.PLATFORM_KINDS:
+    for kind in PLATFORM_KINDS:
         platform_account(kind)
 
 
@@ -396,12 +402,11 @@ async def request_settle(*, s: Settlement) -> Receipt:
     lease on its key. A second call with the same request id moves nothing and returns the first
     receipt. Rewards and earnings are paid only for a succeeded request."""
     spec = await settlement_spec(s)
-    now = timezone.now()
     try:
-        settled = await sql.settle(spec, now=now)
-    except sql.PlatformAccountMissing:
+        settled = await settle(spec)
+    except PlatformAccountMissing:
         await db_call(_platform_accounts_ensure)  # a fresh database: create them, settle again
-        settled = await sql.settle(spec, now=now)
+        settled = await settle(spec)
     if not settled.inserted:
         return await db_call(_receipt_of_record, request_id=s.request_id)
     route = s.key.route if s.key else None

@@ -1,4 +1,8 @@
-"""Posting to the double-entry ledger: the only code that writes entries or balances."""
+"""Posting to the double-entry ledger: the only code that writes entries or balances.
+
+The gateway's hot path posts a batch of requests at a time inside its own statements, through this
+app's SQL forms of the same writes (billing/sql/: billing_ledger_post_batch, billing_balances_move,
+billing_hold_take); nothing outside billing writes the ledger's tables or the cached balances."""
 
 from collections.abc import Sequence
 

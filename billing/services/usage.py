@@ -1,8 +1,8 @@
 """Balance holds left behind by gateway requests that never settled.
 
 The gateway places and releases holds itself, in its hot-path statements
-(pool.sql: a conditional UPDATE of `held` with the hold row, and the release
-in the settlement); this is the safety net for a process that died between.
+(pool.hotpath, through billing_hold_take in billing/sql/, and the release in the
+settlement); this is the safety net for a process that died between.
 """
 
 from datetime import timedelta

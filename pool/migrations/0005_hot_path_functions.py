@@ -1,20 +1,21 @@
-"""Installs the gateway's PostgreSQL functions (pool.sql, "the PostgreSQL functions"): the per-request
-steps of the first hop and of the settlement, which the gateway runs a batch at a time. Their source
-lives with the statements that call them; SQLite needs none of them."""
+"""Installs the gateway's PostgreSQL functions: the per-request steps of the first hop and of the
+settlement, which the gateway runs a batch at a time.
+
+The text is frozen in pool/sql/0005_hot_path_functions.pg.sql, so replaying history installs what this
+migration installed then, whatever the code says today. It was reconstructed exactly from pool/sql.py
+at commit 074e1f0 (until then this migration imported the live text)."""
+
+from pathlib import Path
 
 from django.db import migrations
 
-
-def forwards(apps, schema_editor):
-    from pool.sql import install_functions
-
-    install_functions(schema_editor)
-
-
-def backwards(apps, schema_editor):
-    from pool.sql import drop_functions
-
-    drop_functions(schema_editor)
+SQL = (Path(__file__).resolve().parent.parent / "sql" / "0005_hot_path_functions.pg.sql").read_text()
+DROP = """
+DROP FUNCTION IF EXISTS pool_settle(json, bigint[], text[], bigint[], bigint[], bigint[], date[], boolean);
+DROP FUNCTION IF EXISTS pool_ledger_post(text, text, text, bigint, bigint, bigint);
+DROP FUNCTION IF EXISTS pool_key_take(bigint, bigint[], text);
+DROP FUNCTION IF EXISTS pool_hold_take(bigint, bigint, text);
+"""
 
 
 class Migration(migrations.Migration):
@@ -26,4 +27,4 @@ class Migration(migrations.Migration):
         ("accounts", "0001_initial"),
     ]
 
-    operations = [migrations.RunPython(forwards, backwards)]
+    operations = [migrations.RunSQL(SQL, reverse_sql=DROP)]

@@ -1,4 +1,4 @@
-"""The SQL forms of the rounding rules agree with the Python ones, on the database the suite runs on."""
+"""The SQL forms of the rounding rules agree with the Python ones, in PostgreSQL."""
 
 from decimal import Decimal
 

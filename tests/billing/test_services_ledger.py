@@ -120,13 +120,12 @@ def test_ledger_check_names_a_drifted_balance(user):
 
 
 def test_ledger_check_names_an_unbalanced_transaction(user):
-    # given a single leg written around the service; on PostgreSQL its trigger
+    # given a single leg written around the service; its trigger
     # would refuse this (tested in test_ledger_concurrency), so it is switched
     # off inside this test's transaction, which rolls back
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")  # fire what is pending first
-            cursor.execute("ALTER TABLE billing_ledgerentry DISABLE TRIGGER billing_ledgerentry_balanced")
+    with connection.cursor() as cursor:
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")  # fire what is pending first
+        cursor.execute("ALTER TABLE billing_ledgerentry DISABLE TRIGGER billing_ledgerentry_balanced")
     txn = LedgerTransaction.objects.create(idempotency_key="rogue", kind="adjustment")
     LedgerEntry.objects.create(transaction=txn, account=account_for_owner(owner=user, kind="main"), amount=5)
     problems = ledger_violations()

@@ -1,7 +1,7 @@
 """The safety net for gateway holds, and the UTC month that BYOK counts and spend limits use.
 
-Placing, charging and releasing are the gateway's own statements (pool.sql), tested through /v1 in
-tests/pool and statement by statement in tests/pool/test_sql.py.
+Placing, charging and releasing are the gateway's own statements (pool.hotpath), tested through /v1
+in tests/pool and statement by statement in tests/pool/hotpath/test_statements.py.
 """
 
 from datetime import datetime, timedelta, timezone

@@ -5,9 +5,10 @@ from decimal import Decimal
 import pytest
 from django.db import transaction
 
-from billing.money import parse_usd
-from exchange.selectors import ResolvedRate
-from exchange.services import exchange_earning_credit
+from billing.models import Account, LedgerTransaction
+from billing.money import parse_usd, percent_of
+from billing.services import account_for_owner, ledger_transfer, platform_account
+from exchange.models import ExchangeEarning
 from tests.accounts.factories import UserFactory
 from tests.exchange.factories import exchange_provider, rule
 from tests.keys.factories import ProviderFactory, key_in_state
@@ -90,14 +91,19 @@ def test_rates_need_authentication(api_client):
 
 
 def _earn(key, request_id: str, cost: str, percent: str = "90"):
+    """An earning as the gateway's settlement writes it: the row, and the credit when it earns anything."""
+    settled_cost, rate = parse_usd(cost), Decimal(percent)
+    amount = percent_of(settled_cost, rate)
+    frozen = account_for_owner(owner=key.owner, kind=Account.Kind.FROZEN)
     with transaction.atomic():
-        exchange_earning_credit(
-            key_owner=key.owner,
-            provider_key_id=key.pk,
-            request_id=request_id,
-            settled_cost=parse_usd(cost),
-            rate=ResolvedRate(percent=Decimal(percent), rule_id=None, scope="global"),
-        )
+        txn = None
+        if amount:
+            txn = ledger_transfer(source=platform_account(Account.Kind.EXCHANGE_PAYOUTS), destination=frozen,
+                                  amount=amount, idempotency_key=f"exchange-earning:{request_id}",
+                                  kind=LedgerTransaction.Kind.EXCHANGE_EARNING)
+        ExchangeEarning.objects.create(provider_key_id=key.pk, account=frozen, request_id=request_id,
+                                       settled_cost=settled_cost, rate_percent=rate, rate_rule_id=None,
+                                       rate_scope="global", amount=amount, ledger_transaction=txn)
 
 
 def test_earnings_per_key(authed_client, user):

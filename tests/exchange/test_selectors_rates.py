@@ -149,7 +149,10 @@ def test_an_organization_owned_key_skips_user_rules(world):
     assert payout_rate_resolve(user=None, provider=provider, task="chat").rule_id == provider_rule.pk
 
 
+@pytest.mark.design
 def test_resolving_is_one_query(world, django_assert_num_queries):
+    """Why it exists: the gateway resolves a payout rate for every exchange request it settles; walking
+    the six scopes one query each would multiply that cost (bench/README.md)."""
     member, provider = world
     for name, percent in LEVELS:
         _create_level(name, percent, member, provider)

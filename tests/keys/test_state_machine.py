@@ -216,9 +216,12 @@ def test_a_success_between_429s_resets_the_count():
     assert key.status == S.ACTIVE and key.consecutive_429s == 1
 
 
+@pytest.mark.design
 def test_record_success_is_one_conditional_update_that_matches_no_row_when_counters_are_zero(
     django_assert_num_queries,
 ):
+    """Why it exists: the gateway records every answered request's success; on the common path (no
+    errors to reset) it must be one UPDATE that writes nothing, not a read and a write (bench/README.md)."""
     key = key_in_state(S.ACTIVE)
     with django_assert_num_queries(1) as captured:
         provider_key_record_success(key_id=key.pk)

@@ -42,20 +42,13 @@ def assert_ledger_clean() -> None:
 
 
 def wait_until(predicate, *, seconds: float = 5.0) -> bool:
-    """Poll `predicate` until it holds. The in-memory SQLite test database shares one cache between
-    threads and reports a table that the gateway's thread is writing as locked instead of waiting,
-    so a read that meets a settlement in progress is simply tried again."""
+    """Poll `predicate` until it holds (what the gateway's thread commits shows up a moment later)."""
     import time
-
-    from django.db import OperationalError
 
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return True
-        except OperationalError:
-            pass
+        if predicate():
+            return True
         time.sleep(0.05)
     return False
 
@@ -65,7 +58,7 @@ def run_on_own_loop(coroutine):
     pools closed after (they belong to the loop)."""
     import asyncio
 
-    from pool import db
+    from pool.hotpath import db
 
     async def with_db_closed():
         try:
@@ -85,7 +78,7 @@ def holds_during(call, *, fake, secrets, delay: float = 0.4):
     import threading
     import time
 
-    from django.db import OperationalError, connection
+    from django.db import connection
 
     from billing.models import BalanceHold
 
@@ -100,22 +93,13 @@ def holds_during(call, *, fake, secrets, delay: float = 0.4):
             outcome["error"] = error
 
     seen: dict[str, int] = {}
-    if connection.vendor == "sqlite":
-        # The test database is SQLite's shared-cache in-memory one, where a reader's table lock makes a
-        # writer on another connection fail at once ("database table is locked"): the gateway's own
-        # writes of the holds would fail while this looks. Reading uncommitted takes no table locks.
-        with connection.cursor() as cursor:
-            cursor.execute("PRAGMA read_uncommitted = 1")
     thread = threading.Thread(target=run)
     thread.start()
     while thread.is_alive():
-        try:
-            seen.update(BalanceHold.objects.values_list("request_id", "amount"))
-        except OperationalError:  # SQLite: the table is being written; look again
-            pass
+        seen.update(BalanceHold.objects.values_list("request_id", "amount"))
         time.sleep(0.02)
     thread.join()
-    connection.close()  # and with it the pragma
+    connection.close()  # this thread's connection, opened to look
     for secret in secrets:
         fake.script(secret)  # no fault: answered at once again
     if "error" in outcome:

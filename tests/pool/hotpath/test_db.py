@@ -1,15 +1,19 @@
-"""A batcher's lane (pool.db.Lane): one connection per event loop and kind of statement, kept across
-statements and replaced only when it breaks. PostgreSQL only: SQLite runs the same phases in threads."""
+"""A batcher's lane (pool.hotpath.db.Lane): one connection per event loop and kind of statement, kept
+across statements and replaced only when it breaks.
+
+Why these exist: the lane replaced a pool checkout per statement, which cost the gateway about a third
+of its database CPU at concurrency 1 (bench/README.md); they pin how the lane keeps, refuses and
+replaces its connection, internals that no request-level test can see."""
 
 import asyncio
 
 import psycopg
 import pytest
 
-from pool import db
+from pool.hotpath import db
 from tests.pool.helpers import run_on_own_loop as run
 
-pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.postgres, pytest.mark.design, pytest.mark.django_db(transaction=True)]
 PID = "SELECT pg_backend_pid()"
 
 
@@ -18,6 +22,7 @@ async def _pid() -> int:
 
 
 def test_a_lane_keeps_its_connection_through_a_refused_and_a_cancelled_statement():
+    """Why: reconnecting after every error would bring back the per-statement connection cost."""
     async def scenario():
         first = await _pid()
         with pytest.raises(psycopg.errors.DivisionByZero):
@@ -37,6 +42,7 @@ def test_a_lane_keeps_its_connection_through_a_refused_and_a_cancelled_statement
 
 
 def test_a_broken_connection_fails_its_statement_and_the_next_one_reconnects():
+    """Why: a kept connection must not outlive its server session; the next statement gets a new one."""
     async def scenario():
         first = await _pid()
         async with await psycopg.AsyncConnection.connect(**await db._kwargs()) as other:
@@ -49,6 +55,7 @@ def test_a_broken_connection_fails_its_statement_and_the_next_one_reconnects():
 
 
 def test_a_lane_refuses_a_second_statement_while_one_is_in_flight():
+    """Why: one connection without a pool serves one statement at a time; two would interleave on the wire."""
     async def scenario():
         slow = asyncio.create_task(db.lane_fetchall("test", "SELECT 1 FROM pg_sleep(0.3)", []))
         await asyncio.sleep(0.05)
@@ -62,6 +69,7 @@ def test_a_lane_refuses_a_second_statement_while_one_is_in_flight():
 
 @pytest.mark.parametrize("limit", ["MAX_IDLE_S", "MAX_LIFETIME_S"])
 def test_a_lane_replaces_a_connection_idle_or_old_past_its_limit(limit, monkeypatch):
+    """Why: as a pool would, a lane retires a connection a proxy or firewall may have dropped meanwhile."""
     async def scenario():
         first = await _pid()
         assert await _pid() == first  # within both limits: kept

@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from pool.batch import MAX_BATCH, Batcher
+from pool.hotpath.batch import MAX_BATCH, Batcher
 
 
 class Recorder:

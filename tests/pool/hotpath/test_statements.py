@@ -1,4 +1,4 @@
-"""The hot path's statements (pool.sql) on the database the suite runs on: SQLite, or PostgreSQL in CI.
+"""The hot path's statements (pool.hotpath).
 
 The gateway tests reach these through /v1; the cases here are the ones a provider cannot be made to
 produce on demand: a charge beyond the balance, a fee the balance cannot cover, a replayed settlement.
@@ -12,11 +12,12 @@ import pytest
 from billing.models import Account, BalanceHold, ByokMonthlyUsage
 from billing.money import parse_usd
 from keys.models import ProviderKey
-from pool import db
 from pool.models import RequestRecord
 from pool.selectors import Caller, Target
 from pool.services import PickedKey, Settlement, Usage, request_settle
-from pool.sql import Hold, hold_place, key_take
+from pool.hotpath.dtos import Hold
+from pool.hotpath.hold import hold_place
+from pool.hotpath.pick import key_take
 from tests.keys.factories import key_in_state
 from tests.pool.helpers import SIGNUP, assert_ledger_clean, main, platform, run_on_own_loop as run
 
@@ -81,11 +82,29 @@ def test_the_byok_fee_past_the_free_tier_is_capped_at_what_is_left(user, setting
     assert_ledger_clean()
 
 
+def test_an_organizations_byok_requests_count_on_the_organizations_month(user):
+    from dataclasses import replace
+
+    from accounts.services import organization_create
+
+    org = organization_create(owner=user, name="Acme")
+    key = key_in_state(ProviderKey.Status.ACTIVE, owner=user, byok=True)
+    s = _settlement(user, key, "byok", completion_tokens=1_000)
+    on_org = replace(s, caller=replace(s.caller, organization_id=org.pk, account_id=None))
+
+    run(request_settle(s=on_org))
+    run(request_settle(s=replace(on_org, request_id="req_2")))
+
+    assert ByokMonthlyUsage.objects.get(organization=org).requests == 2
+    assert not ByokMonthlyUsage.objects.filter(user=user).exists()
+    assert_ledger_clean()
+
+
 def test_a_hold_beyond_the_spendable_balance_is_refused(user):
     account = Account.objects.get(user=user, kind=Account.Kind.MAIN)
 
     def hold(amount, hold_id):
-        return run(hold_place(Hold(account_id=account.pk, amount=amount, hold_id=hold_id), now=NOW))
+        return run(hold_place(Hold(account_id=account.pk, amount=amount, hold_id=hold_id)))
 
     assert hold(parse_usd("1.50"), "a")
     assert not hold(parse_usd("0.51"), "b")  # only $0.50 is spendable now
@@ -103,7 +122,7 @@ def test_the_pick_takes_the_least_recently_used_key_and_leases_it_to_the_request
 
     def take(request_id="r"):
         return run(key_take(route="platform", include_exchange=False, provider_id=keys[0].provider_id,
-                            user_id=user.pk, organization_id=None, request_id=request_id, now=NOW))
+                            user_id=user.pk, organization_id=None, request_id=request_id))
 
     taken = [take(f"r{i}").key["id"] for i in range(4)]
     assert taken == [keys[0].pk, keys[1].pk, keys[0].pk, keys[1].pk]
@@ -114,9 +133,11 @@ def test_the_pick_takes_the_least_recently_used_key_and_leases_it_to_the_request
     assert none.key is None and not none.candidates
 
 
+@pytest.mark.design
 def test_the_columns_the_pick_stamps_are_in_no_index():
-    # Every request's pick rewrites them; indexed, each stamp would also write an entry into every index
-    # of the key table, where unindexed it is an update of the row alone (PostgreSQL: heap-only).
+    """Why it exists: every request's pick rewrites lru_seq and last_used_at; indexed, each stamp would
+    also write an entry into every index of the key table, where unindexed it is a heap-only update of
+    the row alone (bench/README.md). An index added for a query would silently slow every request."""
     from django.db import connection
 
     stamped = {"lru_seq", "last_used_at"}
@@ -175,36 +196,26 @@ def _charge_only(user, key, *, request_id: str, completion_tokens: int):
     return _settlement(user, key, "platform", completion_tokens=completion_tokens, request_id=request_id)
 
 
-async def _settled_or_error(settlement):
-    try:
-        return await request_settle(s=settlement)
-    except Exception as error:  # as asyncio.gather(return_exceptions=True) reports it
-        return error
-
-
 def _settle_together(settlements, monkeypatch) -> tuple[list, int]:
     """Settle concurrently, the way requests finishing together are; returns the receipts (or errors)
-    and how many statements it took (on PostgreSQL requests waiting on one statement share the next)."""
-    from pool import sql
+    and how many statements it took (requests waiting on one statement share the next)."""
+    from pool.hotpath import settle
 
     statements = []
-    real = sql.lane_fetchall
+    real = settle.lane_fetchall
 
     async def counted(*args, **kwargs):
         statements.append(args[1])
         return await real(*args, **kwargs)
 
     async def together():
-        if not db.is_postgres():  # the embedded default settles one at a time (and the in-memory test
-            # database refuses a second writer at once rather than waiting for it)
-            return [await _settled_or_error(s) for s in settlements]
         return await asyncio.gather(*(request_settle(s=s) for s in settlements), return_exceptions=True)
 
     from billing.services import platform_account
 
-    for kind in sql.PLATFORM_KINDS:  # as after the first settlement of a deployment
+    for kind in settle.PLATFORM_KINDS:  # as after the first settlement of a deployment
         platform_account(kind)
-    monkeypatch.setattr(sql, "lane_fetchall", counted)
+    monkeypatch.setattr(settle, "lane_fetchall", counted)
     receipts = run(together())
     return receipts, len(statements)
 
@@ -214,18 +225,29 @@ def test_settlements_sharing_a_statement_are_capped_in_turn(user, monkeypatch):
     key = _platform_key()
     settlements = [_charge_only(user, key, request_id=f"req_{i}", completion_tokens=375_000) for i in range(4)]
 
-    receipts, statements = _settle_together(settlements, monkeypatch)
+    receipts, _ = _settle_together(settlements, monkeypatch)
 
     assert sorted(r.charged for r in receipts) == [0, parse_usd("0.50"), parse_usd("0.75"), parse_usd("0.75")]
     assert all(r.cost == parse_usd("0.75") for r in receipts)
-    if db.is_postgres():
-        assert statements == 2  # the first alone, the three that waited on it together
     assert main(user) == 0
     assert platform(Account.Kind.REVENUE) == SIGNUP
     assert sorted(RequestRecord.objects.values_list("charged", flat=True)) == sorted(r.charged for r in receipts)
     key.stats.refresh_from_db()
     assert key.stats.requests_served == 4
     assert_ledger_clean()
+
+
+@pytest.mark.design
+def test_settlements_waiting_on_one_statement_share_the_next(user, monkeypatch):
+    """Why it exists: a statement's fixed cost (round trip, executor start-up, commit, flush) was most of
+    a settlement's database cost (bench/README.md), so the settlements that wait while one is in
+    flight go together in the next; a change that sent them one by one would pass every behaviour test."""
+    key = _platform_key()
+    settlements = [_charge_only(user, key, request_id=f"req_{i}", completion_tokens=1_000) for i in range(4)]
+
+    _, statements = _settle_together(settlements, monkeypatch)
+
+    assert statements == 2  # the first alone, the three that waited on it together
 
 
 def test_the_same_request_twice_in_one_statement_is_settled_once(user, monkeypatch):

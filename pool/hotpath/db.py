@@ -1,9 +1,9 @@
 """How the gateway reaches the database without blocking its event loop.
 
-PostgreSQL: the hot path's statements (pool.sql) run on psycopg's async
+The hot path's statements (pool.hotpath) run on psycopg's async
 connections, on the event loop itself: no thread hand-off per phase, which
 PERFORMANCE.md measured at a large share of the per-request budget. Each
-phase is one statement (shared by a batch of requests: pool.batch) in
+phase is one statement (shared by a batch of requests: pool.hotpath.batch) in
 autocommit, on connections opened from Django's own connection settings. A
 batcher runs one statement at a time, so each of its two kinds has a *lane*:
 one connection of its own per event loop, with no pool to check it out of and
@@ -13,9 +13,8 @@ belongs to the loop it was opened on), opened on first use. Statements are
 prepared on the server after a few uses (HEADROOM_DB_PREPARE_THRESHOLD; -1
 behind a transaction-mode connection pooler such as PgBouncer).
 
-SQLite (the embedded default) has no async driver: the same phases run in a
-worker thread through Django's connection (`db_call`), as do the rare paths on
-both databases (error bookkeeping, first-use account creation).
+The rare paths (error bookkeeping, first-use account creation) run ORM code in
+a worker thread through Django's connection (`db_call`).
 """
 
 import asyncio
@@ -34,11 +33,6 @@ T = TypeVar("T")
 _pools: dict[tuple[asyncio.AbstractEventLoop, bool], "asyncio.Task"] = {}  # (loop, durable) -> opening
 _lanes: dict[tuple[asyncio.AbstractEventLoop, str], "Lane"] = {}  # (loop, name) -> lane
 _connect_kwargs_cache: list[dict] = []  # one process, one database
-
-
-def is_postgres() -> bool:
-    # From the settings, not `connection`: that is a per-thread lookup on every call.
-    return settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
 
 
 def _run(fn: Callable[..., T], kwargs: dict) -> T:
@@ -144,7 +138,7 @@ async def pg_fetchone(sql: str, params: Sequence, *, durable: bool = True) -> tu
 
 
 class Lane:
-    """One connection for a batcher's statements (pool.batch), which come one at a time.
+    """One connection for a batcher's statements (pool.hotpath.batch), which come one at a time.
 
     Opened on first use, configured like the pools' connections (see pg_fetchone for `durable`). A
     statement the server refuses leaves the connection idle, and so does one whose caller is

@@ -3,7 +3,7 @@
 Why: on PostgreSQL most of what a request cost the database was fixed cost per statement and per
 transaction (a round trip, executor start-up, a commit and, for a settlement, a flush to disk), and
 concurrent requests of one payer queued on the payer's row. A `Batcher` runs one statement at a time
-for all the requests waiting on it (its PL/pgSQL functions, in pool.sql, do each request's steps in
+for all the requests waiting on it (its PL/pgSQL functions, in pool/sql/, do each request's steps in
 turn, in order), so under load those costs are shared and requests of one process never wait on each
 other's rows; a request that finds no statement in flight runs at once, alone, so nothing waits for
 a batch to fill.

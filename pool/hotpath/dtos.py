@@ -1,0 +1,121 @@
+"""What the hot path's statements take and give back: one frozen dataclass per shape, one name each."""
+
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+
+from pool.selectors import Caller
+
+
+class Refusal:
+    """Why the plan refuses a request before anything is reserved (the row's `refusal`)."""
+
+    UNKNOWN_MODEL = "unknown_model"
+    POOL_PROVIDER_NOT_CLEARED = "pool_provider_not_cleared"
+    POOL_GATE = "pool_gate"
+    MONTHLY_LIMIT = "monthly_limit"
+    NO_ACCOUNT = "no_account"  # not a refusal: the payer's account is made on first use, then again
+
+
+@dataclass(frozen=True)
+class Ask:
+    """What one request asks for: the plan's inputs."""
+
+    raw_hash: str
+    slug: str
+    model: str
+    pool: bool
+    platform_only: bool
+    prompt_tokens: int
+    max_tokens: int
+    month: date  # the request's BYOK month (UTC)
+    month_from: datetime  # its first instant, for the monthly spend limit
+
+
+@dataclass(frozen=True)
+class PlanRow:
+    caller: Caller  # with the payer's main account (None until its first use)
+    provider_id: int | None  # None: no routable model by that name
+    provider_slug: str | None
+    base_url: str | None
+    model: str | None
+    input_price: int | None
+    output_price: int | None
+    route: str  # the first route to try
+    include_exchange: bool  # exchange keys may serve the platform route
+    worst_case: int  # prompt estimate × input price + max tokens × output price
+    hold_amount: int  # what the first route reserves (0: nothing)
+    over_limit: bool  # the platform route would cross the API key's monthly spend limit
+    refusal: str | None
+
+
+@dataclass(frozen=True)
+class Picked:
+    key: dict | None  # PICKED_COLUMNS plus the owner's main and frozen account ids; None: no key taken
+    candidates: int  # how many keys could serve the route (0: none can; more: all were busy)
+
+
+@dataclass(frozen=True)
+class Hold:
+    account_id: int
+    amount: int
+    hold_id: str
+
+
+@dataclass(frozen=True)
+class FirstHop:
+    plan: PlanRow | None  # None: the API key is not valid
+    held: bool  # the plan's hold_amount is reserved
+    picked: Picked  # the first route's key (none when the plan refused or the hold failed)
+
+
+@dataclass(frozen=True)
+class Credit:
+    """Money to a key's owner: a pool reward (to their main account) or an exchange earning (frozen)."""
+
+    amount: int
+    account_id: int
+    source_kind: str  # the platform account it comes from
+    txn_kind: str
+    idempotency_key: str
+    memo: str
+
+
+@dataclass(frozen=True)
+class Earning:
+    """The exchange earning's own row: the rate as it was, whatever the amount (0% included)."""
+
+    account_id: int
+    settled_cost: int
+    rate_percent: Decimal
+    rule_id: int | None
+    scope: str
+    amount: int
+
+
+@dataclass(frozen=True)
+class SettleSpec:
+    record: dict  # pool_requestrecord columns, but charged and fee (decided here)
+    payer_account_id: int | None  # None: nothing to charge or release
+    charge: int  # the cost to charge, capped at the payer's balance
+    charge_key: str
+    charge_memo: str
+    byok_owner: tuple[int | None, int | None] | None  # (user_id, organization_id) whose month counts; None: no count
+    month: date
+    free_requests: int
+    fee: int  # the BYOK fee if this request is past the free tier, capped at what the charge left
+    fee_key: str
+    fee_memo: str
+    credit: Credit | None
+    earning: Earning | None
+    hold_ids: tuple[str, ...]
+    key_id: int | None
+    stats: bool  # count the request in the key's aggregates (succeeded only)
+    touch_api_key: bool  # last_used_at is older than its resolution
+
+
+@dataclass(frozen=True)
+class Settled:
+    inserted: bool  # False: the request was settled before; nothing moved now
+    charged: int
+    fee: int
