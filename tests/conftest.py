@@ -1,14 +1,15 @@
 """Suite-wide fixtures and the service policy.
 
-Service-backed tests (marked `postgres` / `redis`) run whenever DATABASE_URL /
-REDIS_URL point at live servers. Without them they are skipped locally, but
-with CI=true a missing service fails the run: CI must never pass by skipping.
+The suite always runs on PostgreSQL (`make test` starts the embedded server when
+DATABASE_URL is unset). Tests of Redis itself (marked `redis`) need REDIS_URL,
+which `make test` also provides; run without it (pytest called directly), they
+are skipped locally, but with CI=true a missing service fails the run: CI must
+never pass by skipping.
 """
 
 import os
 
 import pytest
-from django.conf import settings
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 from rest_framework.test import APIClient
@@ -28,12 +29,6 @@ hypothesis_settings.register_profile(
 hypothesis_settings.load_profile("ci" if IN_CI else os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 
-def _postgres_missing() -> str | None:
-    if settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
-        return "DATABASE_URL does not point at PostgreSQL"
-    return None
-
-
 def _redis_missing() -> str | None:
     url = os.environ.get("REDIS_URL")
     if not url:
@@ -50,22 +45,16 @@ def _redis_missing() -> str | None:
 def pytest_sessionstart(session):
     if not IN_CI:
         return
-    problems = [p for p in (_postgres_missing(), _redis_missing()) if p]
-    if problems:
-        pytest.exit("CI=true but a required service is missing: " + "; ".join(problems), returncode=3)
+    problem = _redis_missing()
+    if problem:
+        pytest.exit(f"CI=true but a required service is missing: {problem}", returncode=3)
 
 
 def pytest_collection_modifyitems(config, items):
-    checks = {"postgres": _postgres_missing, "redis": _redis_missing}
-    cache: dict[str, str | None] = {}
-    for item in items:
-        for marker, check in checks.items():
-            if item.get_closest_marker(marker) is None:
-                continue
-            if marker not in cache:
-                cache[marker] = check()
-            if cache[marker] and not IN_CI:
-                item.add_marker(pytest.mark.skip(reason=f"{cache[marker]} (set it to run this test)"))
+    redis_tests = [item for item in items if item.get_closest_marker("redis") is not None]
+    problem = _redis_missing() if redis_tests and not IN_CI else None
+    for item in redis_tests if problem else ():
+        item.add_marker(pytest.mark.skip(reason=f"{problem} (set it, or run `make test`)"))
 
 
 @pytest.fixture

@@ -264,7 +264,7 @@ HEADROOM_BYOK_FREE_REQUESTS = 1_000_000
 HEADROOM_BYOK_FEE_PERCENT = "5"
 # An open balance hold older than this belongs to a request that died with its process.
 HEADROOM_STALE_HOLD_SECONDS = 3600
-# The gateway's own PostgreSQL pool (pool.db), next to Django's: connections per worker process.
+# The gateway's own PostgreSQL pool (pool.hotpath.db), next to Django's: connections per worker process.
 HEADROOM_GATEWAY_DB_POOL_MIN = env.int("HEADROOM_GATEWAY_DB_POOL_MIN", default=2)
 HEADROOM_GATEWAY_DB_POOL_MAX = env.int("HEADROOM_GATEWAY_DB_POOL_MAX", default=4)
 # Server-side prepared statements after this many uses of a statement; -1 turns them off (PgBouncer

@@ -16,7 +16,7 @@ from billing.services import (
 from tests.accounts.factories import UserFactory
 from tests.concurrency import run_concurrently
 
-pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+pytestmark = pytest.mark.django_db(transaction=True)
 
 
 

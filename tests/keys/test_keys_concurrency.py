@@ -15,7 +15,7 @@ from tests.accounts.factories import UserFactory
 from tests.concurrency import run_concurrently
 from tests.keys.factories import ProviderFactory, key_in_state, new_secret
 
-pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+pytestmark = pytest.mark.django_db(transaction=True)
 S = ProviderKey.Status
 
 

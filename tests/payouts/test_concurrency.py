@@ -23,7 +23,7 @@ from tests.payouts.factories import (
     processor,
 )
 
-pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def test_fifty_concurrent_ten_cent_conversions_against_a_dollar_exactly_ten_succeed():

@@ -3,7 +3,6 @@
 import asyncio
 from collections import Counter
 
-import pytest
 from openai import AsyncOpenAI
 
 from billing.models import BalanceHold
@@ -12,7 +11,6 @@ from pool.models import RequestRecord
 from tests.pool.conftest import COST, MODEL, PROMPT, PROVIDER
 from tests.pool.helpers import SIGNUP, assert_ledger_clean, main
 
-pytestmark = pytest.mark.postgres
 
 POOL_MODEL_ID = f"{PROVIDER}-pool/{MODEL}"
 

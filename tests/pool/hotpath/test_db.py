@@ -13,7 +13,7 @@ import pytest
 from pool.hotpath import db
 from tests.pool.helpers import run_on_own_loop as run
 
-pytestmark = [pytest.mark.postgres, pytest.mark.design, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.design, pytest.mark.django_db(transaction=True)]
 PID = "SELECT pg_backend_pid()"
 
 

@@ -148,7 +148,6 @@ def test_the_columns_the_pick_stamps_are_in_no_index():
     assert any(c["columns"] == ["provider_id", "status"] for c in found.values() if c["index"])
 
 
-@pytest.mark.postgres
 def test_a_charge_racing_a_concurrent_debit_is_capped_at_what_the_debit_left(user):
     """The settlement caps the charge at the balance its snapshot shows without locking the payer's row
     first; a debit committed meanwhile makes the not-below-zero CHECK refuse it, and it settles again
