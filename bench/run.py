@@ -90,17 +90,19 @@ class Child:
 class Children:
     """Every process the benchmark starts: each in its own session, so one group per child to stop."""
 
-    def __init__(self, pin: bool):
+    def __init__(self, pin: bool, log_dir: Path = LOG_DIR):
         self.pin = pin
+        self.log_dir = log_dir
         self.running: list[Child] = []
 
-    def start(self, name: str, cmd: list[str], env: dict, *, core: int | None, stop_signal=signal.SIGINT) -> Child:
+    def start(self, name: str, cmd: list[str], env: dict, *, core: int | None, stop_signal=signal.SIGINT,
+              cwd: Path = ROOT) -> Child:
         if self.pin and core is not None:
             cmd = ["taskset", "-c", str(core), *cmd]
-        log = LOG_DIR / f"{name}.log"
+        log = self.log_dir / f"{name}.log"
         with open(log, "wb") as out:
             proc = subprocess.Popen(
-                cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True, preexec_fn=_die_with_parent,
             )
         child = Child(name, proc, stop_signal, log)
@@ -266,9 +268,10 @@ def tail(path: Path, lines: int = 30) -> str:
     return "\n".join("    " + line for line in text.splitlines()[-lines:])
 
 
-def run(cmd: list, env: dict | None = None, timeout: float = 300, log: Path | None = None) -> subprocess.CompletedProcess:
+def run(cmd: list, env: dict | None = None, timeout: float = 300, log: Path | None = None,
+        cwd: Path = ROOT) -> subprocess.CompletedProcess:
     result = subprocess.run(
-        [str(c) for c in cmd], cwd=ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+        [str(c) for c in cmd], cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
         timeout=timeout,
     )
     if log is not None:
@@ -480,15 +483,16 @@ def vacuum(database: str) -> None:
 
 
 def start_uvicorn(children: Children, name: str, app: str, env: dict, *, headers: dict | None = None,
-                  expect: bytes = b"") -> tuple[Child, str]:
+                  expect: bytes = b"", launcher: list[str] | None = None, cwd: Path = ROOT) -> tuple[Child, str]:
     """An ASGI app under uvicorn as Headroom runs in production: one worker, lifespan on, no access log,
-    pinned to core 0. Ready when GET /v1/models answers 200 (with `expect` in its body)."""
+    pinned to core 0. Ready when GET /v1/models answers 200 (with `expect` in its body). `launcher`
+    replaces `python -m uvicorn` (bench/ab.py's bench/abserve.py takes uvicorn's own arguments)."""
     port = free_port()
     child = children.start(
         name,
-        [str(PY), "-m", "uvicorn", app, "--host", HOST, "--port", str(port),
+        [*(launcher or [str(PY), "-m", "uvicorn"]), app, "--host", HOST, "--port", str(port),
          "--workers", "1", "--lifespan", "on", "--no-access-log", "--log-level", "warning"],
-        env, core=0, stop_signal=signal.SIGINT,
+        env, core=0, stop_signal=signal.SIGINT, cwd=cwd,
     )
     url = f"http://{HOST}:{port}"
     wait_ready(child, f"{url}/v1/models", timeout=60, headers=headers, expect=expect)
@@ -523,9 +527,9 @@ def asyncio_run(coroutine):
 # --- direct: the fake providers ---------------------------------------------------------------------
 
 
-def start_fakes(children: Children) -> dict[int, tuple[str, Child]]:
+def start_fakes(children: Children, delays: tuple[int, ...] = DELAYS_MS) -> dict[int, tuple[str, Child]]:
     fakes = {}
-    for delay in DELAYS_MS:
+    for delay in delays:
         port = free_port()
         child = children.start(
             f"fake-{delay}ms",
@@ -620,16 +624,21 @@ def headroom_env(database: str) -> dict:
     }
 
 
-def headroom_prepare(env: dict, fakes: dict) -> str:
-    """Migrate the fresh database and create providers, priced models, platform keys and a funded member."""
-    migrated = run([PY, "manage.py", "migrate", "--noinput"], env=env, timeout=600, log=LOG_DIR / "migrate.log")
+def headroom_prepare(env: dict, fakes: dict, *, root: Path = ROOT, script: Path = BENCH / "run.py",
+                     log_dir: Path = LOG_DIR) -> str:
+    """Migrate the fresh database and create providers, priced models, platform keys and a funded member.
+
+    `root` is the checkout whose manage.py migrates (its own migrations) and `script` the run.py whose
+    --django-setup seeds it; bench/ab.py passes a checkout of the ref under test and that ref's run.py."""
+    migrated = run([PY, "manage.py", "migrate", "--noinput"], env=env, timeout=600, log=log_dir / "migrate.log",
+                   cwd=root)
     if migrated.returncode != 0:
-        raise RuntimeError(f"migrate failed:\n{tail(LOG_DIR / 'migrate.log')}")
+        raise RuntimeError(f"migrate failed:\n{tail(log_dir / 'migrate.log')}")
     providers = json.dumps({f"fake{delay}": f"{url}/v1" for delay, (url, _) in fakes.items()})
-    setup = run([PY, BENCH / "run.py", "--django-setup", providers], env={**env, "HEADROOM_CELERY_EAGER": "true"},
-                timeout=300, log=LOG_DIR / "setup.log")
+    setup = run([PY, script, "--django-setup", providers], env={**env, "HEADROOM_CELERY_EAGER": "true"},
+                timeout=300, log=log_dir / "setup.log", cwd=root)
     if setup.returncode != 0:
-        raise RuntimeError(f"setup failed:\n{tail(LOG_DIR / 'setup.log')}")
+        raise RuntimeError(f"setup failed:\n{tail(log_dir / 'setup.log')}")
     return json.loads(setup.stdout.strip().splitlines()[-1])["api_key"]
 
 
@@ -688,25 +697,29 @@ def django_count() -> None:
     print(json.dumps(dict(rows)))
 
 
-def start_headroom(children: Children, env: dict, api_key: str) -> tuple[Child, str]:
-    return start_uvicorn(children, "headroom", "config.asgi:application", env,
-                         headers={"Authorization": f"Bearer {api_key}"}, expect=b"fake0/tiny")
+def start_headroom(children: Children, env: dict, api_key: str, *, name: str = "headroom",
+                   launcher: list[str] | None = None, cwd: Path = ROOT) -> tuple[Child, str]:
+    return start_uvicorn(children, name, "config.asgi:application", env,
+                         headers={"Authorization": f"Bearer {api_key}"}, expect=b"fake0/tiny",
+                         launcher=launcher, cwd=cwd)
 
 
-def headroom_verify(env: dict, answered: Counter) -> list[str]:
+def headroom_verify(env: dict, answered: Counter, *, root: Path = ROOT, script: Path = BENCH / "run.py",
+                    log_dir: Path = LOG_DIR) -> list[str]:
     """After the run: the ledger must check out, and every answer must have exactly one request record.
 
     A 200 is a succeeded record; a request refused before any work (401/402/404/429) has none, and one
     that failed upstream or found no key (5xx) is settled as a failed record with nothing charged.
     """
     problems = []
-    checked = run([PY, "manage.py", "ledger_check"], env=env, timeout=600, log=LOG_DIR / "ledger_check.log")
+    checked = run([PY, "manage.py", "ledger_check"], env=env, timeout=600, log=log_dir / "ledger_check.log",
+                  cwd=root)
     print(f"  ledger_check: exit {checked.returncode}: {(checked.stdout + checked.stderr).strip()[-300:]}")
     if checked.returncode != 0:
         problems.append(f"ledger_check failed: {(checked.stdout + checked.stderr).strip()[-500:]}")
-    counted = run([PY, BENCH / "run.py", "--django-count"], env=env, timeout=120, log=LOG_DIR / "count.log")
+    counted = run([PY, script, "--django-count"], env=env, timeout=120, log=log_dir / "count.log", cwd=root)
     if counted.returncode != 0:
-        problems.append(f"counting request records failed:\n{tail(LOG_DIR / 'count.log')}")
+        problems.append(f"counting request records failed:\n{tail(log_dir / 'count.log')}")
         return problems
     outcomes = json.loads(counted.stdout.strip().splitlines()[-1])
     total, succeeded = sum(outcomes.values()), outcomes.get("succeeded", 0)
@@ -1213,32 +1226,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: running under {sys.executable}; the load generator needs aiohttp (run it with {PY})")
     timing = QUICK if args.quick else FULL
     command = " ".join([".venv/bin/python", "bench/run.py", *(argv if argv is not None else sys.argv[1:])])
-    LOG_DIR.mkdir(exist_ok=True)
-    for old in LOG_DIR.glob("*"):
-        if old.is_file():
-            old.unlink()
-
-    pinned = (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
-    if pinned:
-        os.sched_setaffinity(0, {1})  # the load generator, and every child not started with taskset -c 0
+    clean_logs(LOG_DIR)
+    pinned = pin_load_generator()
     children = Children(pinned)
     database = f"headroom_bench_{os.getpid()}"
-    created_db = False
-    overtime = {"hit": False}
-
-    def on_signal(signum, _frame):
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    def on_alarm(_signum, _frame):
-        overtime["hit"] = True
-        raise KeyboardInterrupt("overtime")
-
-    # Explicitly: a shell starting the script in the background may have left SIGINT ignored.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
-    signal.signal(signal.SIGALRM, on_alarm)
-    signal.alarm(int(args.max_minutes * 60))
 
     cells: list[Cell] = []
     extra_cells: list[Cell] = []  # the profiled runs: checked for errors, not in the table
@@ -1248,8 +1239,8 @@ def main(argv: list[str] | None = None) -> int:
     profile_text = None
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="headroom-bench-"))
-    status = 0
-    try:
+    with guarded(children, args.max_minutes, "benchmark") as guard:
+        guard.at_exit(lambda: shutil.rmtree(workdir, ignore_errors=True))
         preflight()
         drop_stale_databases()
         notes.append(f"load average when the run started: {(_read(Path('/proc/loadavg')) or '?').split(' ')[0]} "
@@ -1266,10 +1257,8 @@ def main(argv: list[str] | None = None) -> int:
         logs["direct"] = fakes[0][1].log
 
         print(f"creating database {database} and setting Headroom up ...", flush=True)
-        created = run(["createdb", *PG, database], timeout=60)
-        if created.returncode != 0:
-            raise RuntimeError(f"createdb failed: {created.stderr.strip()}")
-        created_db = True
+        create_database(database)
+        guard.at_exit(lambda: drop_database(database))
         env = headroom_env(database)
         api_key = headroom_prepare(env, fakes)
 
@@ -1330,7 +1319,7 @@ def main(argv: list[str] | None = None) -> int:
         print("checking Headroom's books ...", flush=True)
         problems = headroom_verify(env, answered)
         if problems:
-            status = 1
+            guard.status = 1
             notes += [f"Headroom verification FAILED: {p}" for p in problems]
         else:
             notes.append(f"Headroom verification passed: `manage.py ledger_check` clean; one succeeded request "
@@ -1338,24 +1327,8 @@ def main(argv: list[str] | None = None) -> int:
                          "failed record per 5xx answer.")
         notes += error_report(cells + extra_cells, logs)
         if any(c.error_kinds for c in cells + extra_cells):
-            status = 1
-    except KeyboardInterrupt as stop:
-        reason = "overtime: --max-minutes reached" if overtime["hit"] else str(stop) or "interrupted"
-        print(f"\nstopping ({reason}) ...")
-        status = 130
-    except Exception as error:  # noqa: BLE001 - report, then clean up
-        print(f"\nbenchmark failed: {error}")
-        status = 1
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
-        children.stop_all()
-        if created_db:
-            dropped = run(["dropdb", *PG, "--if-exists", "--force", database], timeout=120)
-            if dropped.returncode != 0:
-                print(f"dropdb {database} failed: {dropped.stderr.strip()}")
-        shutil.rmtree(workdir, ignore_errors=True)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+            guard.status = 1
+    status = guard.status
 
     if cells:
         add_overhead(cells)
@@ -1375,6 +1348,93 @@ def main(argv: list[str] | None = None) -> int:
     return status
 
 
+def clean_logs(folder: Path) -> None:
+    """An empty log folder for this run (the last run's files go)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*"):
+        if old.is_file():
+            old.unlink()
+
+
+def pin_load_generator() -> bool:
+    """Core 1 for this process (the load generator) and every child not started with `taskset -c 0`;
+    False (nothing pinned) without taskset or with one core."""
+    pinned = (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
+    if pinned:
+        os.sched_setaffinity(0, {1})
+    return pinned
+
+
+@dataclass
+class Guard:
+    status: int = 0  # 1: failed, 130: interrupted
+    cleanups: list = field(default_factory=list)
+
+    def at_exit(self, step) -> None:
+        """`step()` runs at the end whatever happens, after every child is stopped (latest first)."""
+        self.cleanups.append(step)
+
+
+@contextlib.contextmanager
+def guarded(children: Children, max_minutes: float, what: str):
+    """The body of a run: Ctrl-C, SIGTERM, SIGHUP and overtime (max_minutes) end it, as does an error
+    (reported, guard.status 130 or 1), and at the end, whatever happened, every child is stopped and
+    the guard's cleanups run, with the alarm off and a second Ctrl-C unable to cut them short."""
+    overtime = stop_on_signals(max_minutes)
+    guard = Guard()
+    try:
+        yield guard
+    except KeyboardInterrupt as stop:
+        reason = "overtime: --max-minutes reached" if overtime["hit"] else str(stop) or "interrupted"
+        print(f"\nstopping ({reason}) ...")
+        guard.status = 130
+    except Exception as error:  # noqa: BLE001 - report, then clean up
+        print(f"\n{what} failed: {error}")
+        guard.status = 1
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            children.stop_all()
+            for step in reversed(guard.cleanups):
+                step()
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def stop_on_signals(max_minutes: float) -> dict:
+    """Ctrl-C, SIGTERM, SIGHUP and --max-minutes all raise KeyboardInterrupt in the main thread, so one
+    `finally` stops everything; the returned dict's "hit" says whether it was the overtime."""
+    overtime = {"hit": False}
+
+    def on_signal(signum, _frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    def on_alarm(_signum, _frame):
+        overtime["hit"] = True
+        raise KeyboardInterrupt("overtime")
+
+    # Explicitly: a shell starting the script in the background may have left SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+    signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(int(max_minutes * 60))
+    return overtime
+
+
+def create_database(name: str) -> None:
+    created = run(["createdb", *PG, name], timeout=60)
+    if created.returncode != 0:
+        raise RuntimeError(f"createdb {name} failed: {created.stderr.strip()}")
+
+
+def drop_database(name: str) -> None:
+    dropped = run(["dropdb", *PG, "--if-exists", "--force", name], timeout=120)
+    if dropped.returncode != 0:
+        print(f"dropdb {name} failed: {dropped.stderr.strip()}")
+
+
 def preflight() -> None:
     if run(["pg_isready", *PG], timeout=10).returncode != 0:
         raise RuntimeError("PostgreSQL does not answer on 127.0.0.1:5432")
@@ -1389,10 +1449,10 @@ def drop_stale_databases() -> None:
     listed = run(["psql", *PG, "-Atc", "SELECT datname FROM pg_database WHERE datname LIKE 'headroom_bench_%'"],
                  timeout=30)
     for name in listed.stdout.split():
-        pid = name.removeprefix("headroom_bench_")
+        pid = name.removeprefix("headroom_bench_").split("_")[0]  # bench/ab.py's are headroom_bench_<pid>_<side>
         if pid.isdigit() and not Path(f"/proc/{pid}").exists():
             print(f"dropping {name}, left by an earlier run that did not finish")
-            run(["dropdb", *PG, "--if-exists", "--force", name], timeout=120)
+            drop_database(name)
 
 
 def _git_version() -> str:
