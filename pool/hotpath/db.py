@@ -25,7 +25,7 @@ from typing import TypeVar
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, connection
+from django.db import connection
 from psycopg import AsyncConnection, AsyncRawCursor
 from psycopg.pq import TransactionStatus
 
@@ -38,9 +38,10 @@ _connect_kwargs_cache: list[dict] = []  # one process, one database
 def _run(fn: Callable[..., T], kwargs: dict) -> T:
     try:
         return fn(**kwargs)
-    except (InterfaceError, OperationalError):
-        connection.close()  # a broken connection: the next call in this thread reconnects
-        raise
+    finally:
+        # Back to Django's connection pool (or closed, when broken): a worker thread holds no
+        # connection between calls, so threads that come and go leave no session behind.
+        connection.close()
 
 
 async def db_call(fn: Callable[..., T], /, **kwargs) -> T:
