@@ -207,6 +207,13 @@ TOOLS_OVERHEAD = 16  # the preamble a provider wraps tool definitions in
 PROMPT_FIELDS = ("tools", "functions", "tool_choice", "response_format")
 
 
+def _json_bytes(raw: bytes) -> int:
+    """The bytes of a compact JSON text, counted as Python's json writes it (the providers' own
+    serialisers agree): orjson writes a float's exponent below -6 with one digit, Python with two
+    ("2.5e-7" / "2.5e-07"), so each "e-" may be one byte more."""
+    return len(raw) + raw.count(b"e-")
+
+
 def _images(message) -> int:
     content = message.get("content") if isinstance(message, dict) else None
     if not isinstance(content, list):
@@ -221,13 +228,13 @@ def _prompt_estimate(payload: dict) -> int:
     image = settings.HEADROOM_IMAGE_TOKENS
     for message in payload["messages"]:
         raw = orjson.dumps(message)
-        total += PER_MESSAGE + len(raw)
+        total += PER_MESSAGE + _json_bytes(raw)
         if b"image_url" in raw:
             total += image * _images(message)
     for name in PROMPT_FIELDS:
         value = payload.get(name)
         if value is not None:
-            total += len(orjson.dumps(value))
+            total += _json_bytes(orjson.dumps(value))
     if any(isinstance(payload.get(name), list) and payload.get(name) for name in ("tools", "functions")):
         total += TOOLS_OVERHEAD
     return total

@@ -180,6 +180,11 @@ async def request_begin(
     if row.refusal is not None:
         raise _REFUSALS[row.refusal](row)
     if row.hold_amount > 0 and not begun.held:
+        # Refused by the balance, or on the platform by the monthly limit (billing_hold_take counts the
+        # requests in flight that the plan could not see): say which binds.
+        if row.route == Route.PLATFORM and row.limit_left is not None and (
+                row.spendable is None or row.limit_left < row.spendable):
+            raise _monthly_limit()
         raise _insufficient_balance()
     caller = row.caller
     target = Target(

@@ -51,6 +51,8 @@ class PlanRow:
     refusal: str | None
     cap: int | None = None  # the completion cap to forward (None: the model is unknown; 0: no completion)
     cap_field: str | None = None  # the field the provider reads it from
+    spendable: int | None = None  # the payer's balance less its holds, as the plan read it
+    limit_left: int | None = None  # the monthly limit less the month's charges and open holds (None: no limit)
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ PLAN_COLUMNS = (
     "c_id", "c_user", "c_org", "c_mode", "c_fallback", "c_limit", "c_used",
     "t_provider", "t_slug", "t_base_url", "t_name", "t_in", "t_out", "account_id",
     "route", "include_exchange", "worst_case", "hold_amount", "over_limit", "refusal", "cap", "t_cap_field",
+    "spendable", "limit_left",
 )
 
 
@@ -168,7 +169,8 @@ def plan_row(row) -> PlanRow:
         output_price=values["t_out"], route=values["route"], include_exchange=bool(values["include_exchange"]),
         worst_case=values["worst_case"],
         hold_amount=values["hold_amount"], over_limit=bool(values["over_limit"]), refusal=values["refusal"],
-        cap=values["cap"], cap_field=values["t_cap_field"],
+        cap=values["cap"], cap_field=values["t_cap_field"], spendable=values["spendable"],
+        limit_left=values["limit_left"],
     )
 
 
