@@ -157,6 +157,12 @@ class BalanceHold(models.Model):
     # check cost it a share lock on the payer's row, which the request's own hold has just updated.
     account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="holds", db_constraint=False)
     request_id = models.CharField(max_length=64)  # unique: the constraint below (no pattern index)
+    # The API key whose monthly spend limit this hold counts against: set only when the key has a
+    # limit (billing_hold_take), so that requests in flight count against it; indexed only then.
+    api_key = models.ForeignKey(
+        "accounts.ApiKey", null=True, blank=True, on_delete=models.DO_NOTHING, db_constraint=False, db_index=False,
+        related_name="+",
+    )
     amount = models.BigIntegerField()
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -164,6 +170,9 @@ class BalanceHold(models.Model):
         constraints = [
             models.CheckConstraint(condition=Q(amount__gt=0), name="balance_hold_amount_positive"),
             models.UniqueConstraint(fields=["request_id"], name="balance_hold_unique_request"),
+        ]
+        indexes = [
+            models.Index(fields=["api_key"], condition=Q(api_key__isnull=False), name="balance_hold_limited_key"),
         ]
 
     def __str__(self) -> str:

@@ -43,6 +43,10 @@ class Provider(models.Model):
         MOONSHOT = "moonshot", "Moonshot /users/me/balance"
         SILICONFLOW = "siliconflow", "SiliconFlow /user/info"
 
+    class CapField(models.TextChoices):
+        MAX_TOKENS = "max_tokens", "max_tokens"
+        MAX_COMPLETION_TOKENS = "max_completion_tokens", "max_completion_tokens"
+
     class PoolClearance(models.TextChoices):
         CLEARED = "cleared", "Cleared for the pool"
         PENDING = "pending", "Pending review"
@@ -60,6 +64,11 @@ class Provider(models.Model):
     )
     pool_clearance = models.CharField(max_length=16, choices=PoolClearance.choices, default=PoolClearance.PENDING)
     exchange_supported = models.BooleanField(default=False)
+    cap_field = models.CharField(
+        max_length=24, choices=CapField.choices, default=CapField.MAX_TOKENS,
+        help_text="The completion-cap field this provider reads: the gateway forwards the held cap in it "
+        "and drops the other one.",
+    )
     prices_provider = models.CharField(
         max_length=50, blank=True, help_text="Provider id in the genai-prices package; blank: admin prices only."
     )
@@ -113,6 +122,11 @@ class ProviderModel(models.Model):
         choices=PriceSource.choices,
         default=PriceSource.PACKAGE,
         help_text="An override is never touched by refresh_prices.",
+    )
+    max_output_tokens = models.PositiveIntegerField(
+        null=True, blank=True,
+        help_text="The model's output limit in tokens; empty: HEADROOM_DEFAULT_MAX_TOKENS. Bounds the cap "
+        "the gateway holds for and forwards.",
     )
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -41,7 +41,7 @@ from pool.errors import GatewayError, bad_request
 from pool.hotpath import db
 from pool.hotpath.db import db_call
 from pool.models import RequestRecord
-from pool.relay import Call, relay_json, relay_stream, send_json, settlement_of, text_tokens
+from pool.relay import Call, relay_json, relay_stream, send_json, settlement_of
 from pool.selectors import routable_models
 from pool.services import (
     PickedKey,
@@ -197,37 +197,98 @@ def _pool_mode(payload: dict) -> bool:
     return mode == "platformOnly"
 
 
-def _prompt_estimate(messages: list) -> int:
-    total = 0
-    for message in messages:
-        total += 4
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, str):
-            total += text_tokens(len(content))
-        elif isinstance(content, list):
-            for part in content:
-                if isinstance(part, dict) and isinstance(part.get("text"), str):
-                    total += text_tokens(len(part["text"]))
-                else:
-                    total += 300  # an image or other part: reserve generously
-    return max(total, 1)
+# The prompt's upper bound (README "Money integrity"): one token per UTF-8 byte of everything that
+# reaches the model, as compact JSON (keys, quotes and separators included, so never fewer bytes than
+# the text it holds), plus the documented per-request and per-message overheads, plus each image part
+# at the worst case of its provider's rule (HEADROOM_IMAGE_TOKENS), its URL's bytes besides.
+REPLY_PRIMING = 3  # "every reply is primed with <|start|>assistant<|message|>"
+PER_MESSAGE = 4  # 3 per message, 1 more for a name
+TOOLS_OVERHEAD = 16  # the preamble a provider wraps tool definitions in
+PROMPT_FIELDS = ("tools", "functions", "tool_choice", "response_format")
+
+
+def _json_bytes(raw: bytes) -> int:
+    """The bytes of a compact JSON text, counted as Python's json writes it (the providers' own
+    serialisers agree): orjson writes a float's exponent below -6 with one digit, Python with two
+    ("2.5e-7" / "2.5e-07"), so each "e-" may be one byte more."""
+    return len(raw) + raw.count(b"e-")
+
+
+def _images(message) -> int:
+    content = message.get("content") if isinstance(message, dict) else None
+    if not isinstance(content, list):
+        return 0
+    return sum(1 for part in content if isinstance(part, dict) and (part.get("type") == "image_url" or "image_url" in part))
+
+
+def _prompt_estimate(payload: dict) -> int:
+    """An upper bound of the chat request's prompt tokens for every tokenizer in use: each token of a
+    byte-level BPE (or SentencePiece with byte fallback) covers at least one byte of its text."""
+    total = REPLY_PRIMING
+    image = settings.HEADROOM_IMAGE_TOKENS
+    for message in payload["messages"]:
+        raw = orjson.dumps(message)
+        total += PER_MESSAGE + _json_bytes(raw)
+        if b"image_url" in raw:
+            total += image * _images(message)
+    for name in PROMPT_FIELDS:
+        value = payload.get(name)
+        if value is not None:
+            total += _json_bytes(orjson.dumps(value))
+    if any(isinstance(payload.get(name), list) and payload.get(name) for name in ("tools", "functions")):
+        total += TOOLS_OVERHEAD
+    return total
+
+
+def _choices(payload: dict) -> int:
+    """`n`: 1 when absent; refused above HEADROOM_MAX_N (each completion is held for)."""
+    value = payload.get("n")
+    if value is None:
+        return 1
+    limit = settings.HEADROOM_MAX_N
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= limit:
+        raise bad_request(errors.BAD_FIELD.format(field="n", kind=f"an integer from 1 to {limit}"), param="n")
+    return value
+
+
+CAP_FIELDS = ("max_completion_tokens", "max_tokens")
+
+
+def _client_cap(payload: dict) -> int | None:
+    """The smaller of the two cap fields the client sent (None: neither): whichever of them a provider
+    reads, it would never generate more than the client allowed."""
+    cap = None
+    for name in CAP_FIELDS:
+        value = _require(payload, name, int, "an integer")
+        if value is not None and not 1 <= value <= MAX_SQL_TOKENS:
+            raise bad_request(errors.BAD_FIELD.format(field=name, kind=f"an integer from 1 to {MAX_SQL_TOKENS}"),
+                              param=name)
+        if value is not None:
+            cap = value if cap is None else min(cap, value)
+    return cap
 
 
 async def _begin(
     *, raw_key: str, model: str, task: str, stream: bool, wants_usage: bool, path: str, body: dict,
-    prompt_estimate: int, max_tokens: int, platform_only: bool,
+    prompt_estimate: int, max_tokens: int | None, platform_only: bool, choices: int = 1,
 ) -> tuple[Call, Plan, PickedKey | None]:
+    """The first hop, then the body as the provider gets it: the model's own name and, for a completion,
+    the cap that was held, in the one field the provider reads (the other dropped), serialised once."""
     request_id, created_at = f"req_{secrets.token_hex(16)}", clock()
     started = time.monotonic()
     begun = await request_begin(
         raw_key=raw_key, model=model, request_id=request_id, at=created_at,
-        prompt_tokens=prompt_estimate, max_tokens=max_tokens, platform_only=platform_only,
+        prompt_tokens=prompt_estimate, max_tokens=max_tokens, platform_only=platform_only, choices=choices,
     )
     first_key = begun.first_key
     if begun.first_busy:  # every candidate held by another writer for a moment: try again
         first_key = await key_pick(caller=begun.caller, target=begun.target, route=begun.plan.routes[0],
                                    include_exchange=begun.plan.include_exchange, request_id=request_id)
     body["model"] = begun.target.model
+    if max_tokens != 0:
+        for name in CAP_FIELDS:
+            body.pop(name, None)
+        body[begun.plan.cap_field] = begun.plan.cap
     call = Call(
         request_id=request_id,
         started=started,
@@ -255,13 +316,8 @@ async def chat_completions(scope, receive, send, headers, raw_key: str) -> None:
     if not isinstance(messages, list) or not messages:
         raise bad_request(errors.MESSAGES_REQUIRED, param="messages")
     stream = _require(payload, "stream", bool, "a boolean") or False
-    max_tokens = None
-    for name in ("max_completion_tokens", "max_tokens"):  # the newer name wins when both are sent
-        value = _require(payload, name, int, "an integer")
-        if value is not None and not 1 <= value <= MAX_SQL_TOKENS:
-            raise bad_request(errors.BAD_FIELD.format(field=name, kind=f"an integer from 1 to {MAX_SQL_TOKENS}"),
-                              param=name)
-        max_tokens = value if max_tokens is None else max_tokens
+    max_tokens = _client_cap(payload)
+    choices = _choices(payload)
     stream_options = _require(payload, "stream_options", dict, "an object") or {}
     platform_only = _pool_mode(payload)
 
@@ -272,8 +328,8 @@ async def chat_completions(scope, receive, send, headers, raw_key: str) -> None:
         body["stream_options"] = {**stream_options, "include_usage": True}
     call, plan, first_key = await _begin(
         raw_key=raw_key, model=model, task="chat", stream=stream, wants_usage=wants_usage,
-        path="chat/completions", body=body, prompt_estimate=_prompt_estimate(messages),
-        max_tokens=max_tokens or settings.HEADROOM_DEFAULT_MAX_TOKENS, platform_only=platform_only,
+        path="chat/completions", body=body, prompt_estimate=_prompt_estimate(payload),
+        max_tokens=max_tokens, platform_only=platform_only, choices=choices,
     )
     await dispatch(call, plan, first_key, receive, send)
 
@@ -282,17 +338,16 @@ async def embeddings(scope, receive, send, headers, raw_key: str) -> None:
     payload = await _read_json(receive, headers)
     model = _model(payload)
     value = payload.get("input")
-    if isinstance(value, str):
-        length = len(value)
-    elif isinstance(value, list) and value:
-        length = sum(len(v) if isinstance(v, str) else 8 * (len(v) if isinstance(v, list) else 1) for v in value)
+    # One token per UTF-8 byte of the input's JSON (a token-id array: at least a byte per id).
+    if isinstance(value, str) or isinstance(value, list) and value:
+        estimate = len(orjson.dumps(value))
     else:
         raise bad_request(errors.INPUT_REQUIRED, param="input")
     platform_only = _pool_mode(payload)
     body = {k: v for k, v in payload.items() if k not in GATEWAY_FIELDS}
     call, plan, first_key = await _begin(
         raw_key=raw_key, model=model, task="embeddings", stream=False, wants_usage=False,
-        path="embeddings", body=body, prompt_estimate=max(text_tokens(length), 1), max_tokens=0,
+        path="embeddings", body=body, prompt_estimate=estimate, max_tokens=0,
         platform_only=platform_only,
     )
     await dispatch(call, plan, first_key, receive, send)

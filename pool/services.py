@@ -66,6 +66,9 @@ class Plan:
     include_exchange: bool
     worst_case: int  # what the platform route reserves, should the request fail over to it
     over_limit: bool  # the platform route would cross the API key's monthly spend limit
+    cap: int = 0  # the completion cap forwarded (0: no completion), held for on every route
+    cap_field: str = "max_tokens"  # the field the provider reads it from
+    month_from: datetime | None = None  # the monthly spend limit's month
 
 
 @dataclass(frozen=True)
@@ -98,14 +101,14 @@ def _split_model(requested: str) -> tuple[str, str, bool]:
     return (slug, name, pool) if sep and slug and name else ("", "", False)
 
 
-def _ask(*, raw_hash: str, model: str, at: datetime, prompt_tokens: int = 0, max_tokens: int = 0,
-         platform_only: bool = False) -> Ask:
+def _ask(*, raw_hash: str, model: str, at: datetime, prompt_tokens: int = 0, max_tokens: int | None = 0,
+         choices: int = 1, platform_only: bool = False) -> Ask:
     slug, name, pool = _split_model(model)
     month = month_start(at)
     return Ask(
         raw_hash=raw_hash, slug=slug, model=name, pool=pool, platform_only=platform_only,
         prompt_tokens=prompt_tokens, max_tokens=max_tokens, month=month,
-        month_from=datetime.combine(month, datetime.min.time(), tzinfo=dt_timezone.utc),
+        month_from=datetime.combine(month, datetime.min.time(), tzinfo=dt_timezone.utc), choices=choices,
     )
 
 
@@ -134,6 +137,7 @@ _REFUSALS = {
     Refusal.POOL_GATE: lambda row: GatewayError(
         403, errors.POOL_GATE, type="permission_error", code="pool_membership_required"),
     Refusal.MONTHLY_LIMIT: lambda row: _monthly_limit(),
+    Refusal.INSUFFICIENT_BALANCE: lambda row: _insufficient_balance(),
 }
 
 
@@ -146,17 +150,23 @@ def _insufficient_balance() -> GatewayError:
 
 
 async def request_begin(
-    *, raw_key: str, model: str, request_id: str, at: datetime, prompt_tokens: int, max_tokens: int,
-    platform_only: bool,
+    *, raw_key: str, model: str, request_id: str, at: datetime, prompt_tokens: int, max_tokens: int | None,
+    platform_only: bool, choices: int = 1,
 ) -> Begun:
     """Everything before the first upstream call: who (401/429), which model (404), which routes and
-    the money they need (403/402), and the first key. One statement (pool.hotpath.begin); a second only
-    when the payer's account is used for the first time."""
+    the money they need (403/402), the completion cap to forward (`plan.cap`, in `plan.cap_field`), and
+    the first key. One statement (pool.hotpath.begin); a second only when the payer's account is used
+    for the first time.
+
+    `prompt_tokens` is an upper bound of the prompt; `max_tokens` the client's cap (None: none sent, 0:
+    no completion); `choices` the completions asked for (`n`). The cap is the client's bounded by the
+    model's output limit and, on the platform route, by what the payer's balance and the API key's
+    monthly limit can pay for (402 when not one token)."""
     raw_hash = _raw_hash(raw_key)
     # Before the database: a request over its API key's limit reserves and picks nothing.
     await rate_limit(key=raw_hash)
     ask = _ask(raw_hash=raw_hash, model=model, at=at, prompt_tokens=prompt_tokens, max_tokens=max_tokens,
-               platform_only=platform_only)
+               choices=choices, platform_only=platform_only)
     begun = await begin(ask=ask, request_id=request_id)
     row = begun.plan
     if row is not None and row.refusal == Refusal.NO_ACCOUNT:
@@ -170,6 +180,11 @@ async def request_begin(
     if row.refusal is not None:
         raise _REFUSALS[row.refusal](row)
     if row.hold_amount > 0 and not begun.held:
+        # Refused by the balance, or on the platform by the monthly limit (billing_hold_take counts the
+        # requests in flight that the plan could not see): say which binds.
+        if row.route == Route.PLATFORM and row.limit_left is not None and (
+                row.spendable is None or row.limit_left < row.spendable):
+            raise _monthly_limit()
         raise _insufficient_balance()
     caller = row.caller
     target = Target(
@@ -186,7 +201,7 @@ async def request_begin(
     else:
         routes = (row.route,)
     plan = Plan(routes=routes, include_exchange=row.include_exchange, worst_case=row.worst_case,
-                over_limit=row.over_limit)
+                over_limit=row.over_limit, cap=row.cap, cap_field=row.cap_field, month_from=ask.month_from)
     first = _picked_key(begun.picked.key, route=row.route)
     return Begun(caller=caller, target=target, plan=plan, first_key=first,
                  first_busy=first is None and begun.picked.candidates > 0)
@@ -206,13 +221,15 @@ async def _payer_account(caller: Caller) -> int:
 async def route_open(
     *, caller: Caller, target: Target, plan: Plan, route: str, request_id: str, exclude: tuple[int, ...] = (),
 ) -> PickedKey | None:
-    """Fail over to the platform route: reserve its worst case (402 if the balance cannot cover it or
-    the monthly limit would be crossed) and take its first key."""
+    """Fail over to the platform route: reserve its worst case (the cap forwarded is the first route's,
+    so is the worst case; 402 if the balance cannot cover it or the monthly limit would be crossed,
+    requests in flight included) and take its first key."""
     if plan.over_limit:
         raise _monthly_limit()
     if plan.worst_case > 0:
         hold = Hold(account_id=await _payer_account(caller), amount=plan.worst_case,
-                        hold_id=hold_id(request_id, route))
+                    hold_id=hold_id(request_id, route), api_key_id=caller.api_key_id,
+                    monthly_limit=caller.monthly_limit, month_from=plan.month_from)
         if not await hold_place(hold):
             raise _insufficient_balance()
     return await key_pick(caller=caller, target=target, route=route, include_exchange=plan.include_exchange,

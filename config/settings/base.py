@@ -257,7 +257,13 @@ HEADROOM_UPSTREAM_CONNECT_TIMEOUT = env.float("HEADROOM_UPSTREAM_CONNECT_TIMEOUT
 HEADROOM_UPSTREAM_READ_TIMEOUT = env.float("HEADROOM_UPSTREAM_READ_TIMEOUT", default=120.0)
 HEADROOM_MAX_UPSTREAM_ATTEMPTS = env.int("HEADROOM_MAX_UPSTREAM_ATTEMPTS", default=3)
 HEADROOM_RATE_LIMIT_PER_MINUTE = env.int("HEADROOM_RATE_LIMIT_PER_MINUTE", default=1200)
+# The output limit of a model whose ProviderModel.max_output_tokens is empty: bounds the cap held and forwarded.
 HEADROOM_DEFAULT_MAX_TOKENS = env.int("HEADROOM_DEFAULT_MAX_TOKENS", default=4096)
+# `n` above this is refused (400); each of the n completions is held for (README "Money integrity").
+HEADROOM_MAX_N = env.int("HEADROOM_MAX_N", default=8)
+# Prompt tokens held for an image part: OpenAI's documented worst case for a high/auto-detail image
+# (85 + 8 tiles × 170), as its size behind a URL is unknown.
+HEADROOM_IMAGE_TOKENS = env.int("HEADROOM_IMAGE_TOKENS", default=1445)
 HEADROOM_SSE_KEEPALIVE_SECONDS = env.float("HEADROOM_SSE_KEEPALIVE_SECONDS", default=15.0)
 HEADROOM_POOL_REWARD_PERCENT = "5"
 HEADROOM_BYOK_FREE_REQUESTS = 1_000_000

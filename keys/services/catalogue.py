@@ -2,7 +2,8 @@
 
 Catalogue: `keys/providers.toml` (or the file named by HEADROOM_PROVIDERS_FILE) is versioned data.
 `providers_sync` creates missing providers and, for rows still `catalogue_managed`, updates the
-fields the file owns (name, URL, API style, balance API, exchange support, price id). Pool clearance
+fields the file owns (name, URL, API style, balance API, exchange support, price id, the cap field the
+provider reads). Pool clearance
 and `is_active` are operator decisions: the file sets them only when it creates a row, so a re-sync
 on every start never undoes an admin's clearance. An admin who edits a provider's URL or API fields
 unticks `catalogue_managed` to keep the edit.
@@ -36,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_PROVIDERS_FILE = Path(__file__).resolve().parent.parent / "providers.toml"
 CATALOGUE_FIELDS = ("name", "base_url", "api_style", "balance_api", "balance_currency", "exchange_supported",
-                    "prices_provider")
+                    "prices_provider", "cap_field")
 OPERATOR_FIELDS = ("pool_clearance", "is_active")
 KNOWN_FIELDS = frozenset({"slug", *CATALOGUE_FIELDS, *OPERATOR_FIELDS, "balance_path"})
 
@@ -87,11 +88,12 @@ def _entry_values(index: int, entry: object) -> dict:
         "balance_currency": entry.get("balance_currency", "USD"),
         "exchange_supported": entry.get("exchange_supported", False),
         "prices_provider": entry.get("prices_provider", ""),
+        "cap_field": entry.get("cap_field", Provider.CapField.MAX_TOKENS),
         "pool_clearance": entry.get("pool_clearance", Provider.PoolClearance.PENDING),
         "is_active": entry.get("is_active", True),
     }
     for name in ("slug", "name", "base_url", "api_style", "balance_api", "balance_currency", "prices_provider",
-                 "pool_clearance"):
+                 "cap_field", "pool_clearance"):
         if not isinstance(values[name], str) or (name != "prices_provider" and not values[name]):
             raise bad(CATALOGUE_TYPE.format(field=name, kind="a non-empty string"))
     for name in ("exchange_supported", "is_active"):
@@ -101,6 +103,7 @@ def _entry_values(index: int, entry: object) -> dict:
         ("api_style", Provider.ApiStyle),
         ("balance_api", Provider.BalanceApi),
         ("pool_clearance", Provider.PoolClearance),
+        ("cap_field", Provider.CapField),
     ):
         if values[name] not in choices.values:
             raise bad(CATALOGUE_CHOICE.format(field=name, choices=", ".join(choices.values)))

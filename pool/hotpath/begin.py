@@ -34,7 +34,8 @@ def _begin_sql(fee_percent: Decimal, pool: bool) -> Sql:
     text = f"WITH {asks_of_json(q)}, {plan_ctes(f, q, fee_percent=fee_percent, pool=pool)},"
     text += (
         " holds AS MATERIALIZED (SELECT o.n, CASE WHEN o.refusal IS NULL AND o.hold_amount > 0"
-        f" THEN billing_hold_take(o.account_id, o.hold_amount, {hold_id_sql('o.request_id', 'o.route')}) END AS held"
+        f" THEN billing_hold_take(o.account_id, o.hold_amount, {hold_id_sql('o.request_id', 'o.route')},"
+        f" o.c_id, CASE WHEN o.route = '{Route.PLATFORM}' THEN o.c_limit END, o.month_from) END AS held"
         " FROM (SELECT * FROM plan ORDER BY account_id, n) o),"
         " picks AS MATERIALIZED (SELECT o.n, pool_key_take(o.t_provider, o.ids, o.request_id) AS key_id,"
         " cardinality(o.ids) AS candidates FROM (SELECT p.n, p.t_provider, p.request_id,"

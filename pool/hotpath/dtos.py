@@ -14,6 +14,7 @@ class Refusal:
     POOL_PROVIDER_NOT_CLEARED = "pool_provider_not_cleared"
     POOL_GATE = "pool_gate"
     MONTHLY_LIMIT = "monthly_limit"
+    INSUFFICIENT_BALANCE = "insufficient_balance"  # not one completion token affordable
     NO_ACCOUNT = "no_account"  # not a refusal: the payer's account is made on first use, then again
 
 
@@ -26,10 +27,11 @@ class Ask:
     model: str
     pool: bool
     platform_only: bool
-    prompt_tokens: int
-    max_tokens: int
+    prompt_tokens: int  # an upper bound of the prompt's tokens (pool.gateway)
+    max_tokens: int | None  # the client's completion cap (the smaller field); None: none sent; 0: no completion
     month: date  # the request's BYOK month (UTC)
     month_from: datetime  # its first instant, for the monthly spend limit
+    choices: int = 1  # `n`: completions asked for, each up to the cap
 
 
 @dataclass(frozen=True)
@@ -43,10 +45,14 @@ class PlanRow:
     output_price: int | None
     route: str  # the first route to try
     include_exchange: bool  # exchange keys may serve the platform route
-    worst_case: int  # prompt estimate × input price + max tokens × output price
+    worst_case: int  # prompt estimate × input price + choices × cap × output price
     hold_amount: int  # what the first route reserves (0: nothing)
     over_limit: bool  # the platform route would cross the API key's monthly spend limit
     refusal: str | None
+    cap: int | None = None  # the completion cap to forward (None: the model is unknown; 0: no completion)
+    cap_field: str | None = None  # the field the provider reads it from
+    spendable: int | None = None  # the payer's balance less its holds, as the plan read it
+    limit_left: int | None = None  # the monthly limit less the month's charges and open holds (None: no limit)
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,9 @@ class Hold:
     account_id: int
     amount: int
     hold_id: str
+    api_key_id: int | None = None
+    monthly_limit: int | None = None  # the API key's limit the hold counts against (None: none)
+    month_from: datetime | None = None
 
 
 @dataclass(frozen=True)

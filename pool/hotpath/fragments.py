@@ -63,7 +63,8 @@ def _compile_fragments() -> Fragments:
             ProviderModel.objects.filter(ROUTABLE_MODEL).order_by().values(
                 t_provider=F("provider_id"), t_slug=F("provider__slug"), t_base_url=F("provider__base_url"),
                 t_name=F("name"), t_in=F("input_price"), t_out=F("output_price"),
-                t_clearance=F("provider__pool_clearance"),
+                t_clearance=F("provider__pool_clearance"), t_max_out=F("max_output_tokens"),
+                t_cap_field=F("provider__cap_field"),
             )
         ),
         pool_members=_compiled(keys.filter(IN_POOL).values(g_user=F("owner_user_id"))),

@@ -21,11 +21,12 @@ def hold_id_sql(request_id: str, route: str) -> str:
     return f"{request_id} || ':' || {route}"
 
 
-HOLD_SQL = "SELECT billing_hold_take($1, $2, $3)"
+HOLD_SQL = "SELECT billing_hold_take($1, $2, $3, $4, $5, $6)"
 
 
 async def hold_place(hold: Hold) -> bool:
     """Reserve `hold.amount` of the payer's spendable balance (balance − held); False when it cannot
     cover it. One conditional UPDATE checks and reserves, so concurrent requests can never together
-    reserve more than the balance."""
-    return bool((await pg_fetchone(HOLD_SQL, [hold.account_id, hold.amount, hold.hold_id], durable=False))[0])
+    reserve more than the balance; with `monthly_limit`, nor take the API key's month past it."""
+    params = [hold.account_id, hold.amount, hold.hold_id, hold.api_key_id, hold.monthly_limit, hold.month_from]
+    return bool((await pg_fetchone(HOLD_SQL, params, durable=False))[0])

@@ -2,10 +2,13 @@
 
 One SELECT over the requests' own facts (`asks`) reads the API key (valid, its user active), the
 model (routable) and its prices, the pool gate, whether the caller has a BYOK key for the provider,
-the payer's main account, the BYOK month count and the global payout rate, and decides from them:
-the first route (pool, BYOK, platform), whether exchange keys may serve, the worst case, what to
-reserve (the cost on the platform, the BYOK fee once the month is past the free tier, nothing on the
-pool) and why to refuse (unknown model, the pool's rules, a monthly spend limit). pool.services
+the payer's main account and its spendable balance, the API key's monthly spend (settled and in
+flight), the BYOK month count and the global payout rate, and decides from them: the first route
+(pool, BYOK, platform), whether exchange keys may serve, the completion cap to forward (the client's
+cap bounded by the model's output limit and, on the platform, by what the payer can afford: README
+"Money integrity"), the worst case, what to reserve (the cost on the platform, the BYOK fee once the
+month is past the free tier, nothing on the pool) and why to refuse (unknown model, the pool's rules,
+a monthly spend limit, a balance that cannot pay for one completion token). pool.services
 reads these decisions from its row rather than deciding again. The rounding of money is
 billing.money's (`token_cost_sql`, `percent_of_sql`, next to their Python twins).
 """
@@ -34,7 +37,8 @@ Route = RequestRecord.Route
 PLAN_COLUMNS = (
     "c_id", "c_user", "c_org", "c_mode", "c_fallback", "c_limit", "c_used",
     "t_provider", "t_slug", "t_base_url", "t_name", "t_in", "t_out", "account_id",
-    "route", "include_exchange", "worst_case", "hold_amount", "over_limit", "refusal",
+    "route", "include_exchange", "worst_case", "hold_amount", "over_limit", "refusal", "cap", "t_cap_field",
+    "spendable", "limit_left",
 )
 
 
@@ -47,10 +51,11 @@ def plan_ctes(f: Fragments, q: Sql, *, fee_percent: Decimal, pool: bool) -> str:
     main, cleared = Account.Kind.MAIN, Provider.PoolClearance.CLEARED
     platform_only = ApiKey.PoolMode.PLATFORM_ONLY
     context = (
-        "SELECT a.n, a.request_id, a.is_pool, a.platform_only, a.prompt_tokens, a.max_tokens,"
-        " a.default_rate_open, a.free_requests, a.month_from,"
+        "SELECT a.n, a.request_id, a.is_pool, a.platform_only, a.prompt_tokens, a.max_tokens, a.choices,"
+        " a.default_max_tokens, a.default_rate_open, a.free_requests, a.month_from,"
         " c.c_id, c.c_user, c.c_org, c.c_mode, c.c_fallback, c.c_limit, c.c_used,"
-        " t.t_provider, t.t_slug, t.t_base_url, t.t_name, t.t_in, t.t_out, t.t_clearance,"
+        " t.t_provider, t.t_slug, t.t_base_url, t.t_name, t.t_in, t.t_out, t.t_clearance, t.t_max_out,"
+        " t.t_cap_field,"
         f" CASE WHEN c.c_org IS NULL"
         f" THEN (SELECT b.id FROM billing_account b WHERE b.user_id = c.c_user AND b.kind = '{main}')"
         f" ELSE (SELECT b.id FROM billing_account b WHERE b.organization_id = c.c_org AND b.kind = '{main}')"
@@ -80,6 +85,10 @@ def plan_ctes(f: Fragments, q: Sql, *, fee_percent: Decimal, pool: bool) -> str:
     # The first route: the pool when asked for; else the caller's own key if they have one; else the
     # platform. Exchange keys serve the platform route unless the request or the API key says
     # platformOnly or the global payout rate is 0% (exchange.selectors.exchange_open_at).
+    # What the payer can spend: the main account's balance less its holds; what the API key's monthly
+    # limit leaves: the limit less the month's settled charges and the key's open holds (requests in
+    # flight). The model's cap: the client's (max_tokens: the smaller of its two fields; NULL: none;
+    # 0: no completion, embeddings) bounded by the model's output limit.
     routed = (
         "SELECT x.*,"
         f" CASE WHEN x.is_pool THEN '{Route.POOL}' WHEN x.byok_ready THEN '{Route.BYOK}'"
@@ -87,9 +96,35 @@ def plan_ctes(f: Fragments, q: Sql, *, fee_percent: Decimal, pool: bool) -> str:
         f" (NOT x.is_pool AND NOT x.platform_only AND x.c_mode <> '{platform_only}'"
         " AND CASE WHEN x.global_rate IS NULL THEN x.default_rate_open ELSE x.global_rate > 0 END)"
         " AS include_exchange,"
-        " CASE WHEN x.t_provider IS NULL THEN 0"
-        f" ELSE {token_cost_sql('x.prompt_tokens', 'x.t_in')} + {token_cost_sql('x.max_tokens', 'x.t_out')}"
-        " END AS worst_case FROM plan_context x"
+        " (SELECT b.balance - b.held FROM billing_account b WHERE b.id = x.account_id) AS spendable,"
+        " CASE WHEN x.c_limit IS NULL OR x.t_provider IS NULL THEN NULL ELSE x.c_limit"
+        " - COALESCE((SELECT SUM(r.charged) FROM pool_requestrecord r WHERE r.api_key_id = x.c_id"
+        " AND r.created_at >= x.month_from), 0)"
+        " - COALESCE((SELECT SUM(o.amount) FROM billing_balancehold o WHERE o.api_key_id = x.c_id), 0)"
+        " END AS limit_left,"
+        f" {token_cost_sql('x.prompt_tokens', 'x.t_in')} AS prompt_cost,"
+        " CASE WHEN x.max_tokens = 0 THEN 0 ELSE LEAST(x.max_tokens, COALESCE(x.t_max_out, x.default_max_tokens))"
+        " END AS model_cap FROM plan_context x"
+    )
+    # The cap to forward: on the platform route, no more completion tokens (for each of the `choices`)
+    # than the payer's spendable balance and the limit's remainder pay for once the prompt's worst case
+    # is paid; elsewhere the model's cap. The prompt's cost plus choices × cap output tokens, each
+    # rounded half-even, never exceeds that budget (an integer), since the exact product does not.
+    afford = (
+        "floor((LEAST(y.spendable, y.limit_left) - y.prompt_cost)::numeric * 1000000"
+        " / (y.choices::numeric * y.t_out))"
+    )
+    capped = (
+        "SELECT y.*, CASE"
+        f" WHEN y.route <> '{Route.PLATFORM}' OR y.model_cap = 0 OR y.t_out = 0"
+        " OR LEAST(y.spendable, y.limit_left) IS NULL THEN y.model_cap"
+        f" ELSE LEAST(y.model_cap, GREATEST({afford}, 0))::bigint END AS cap"
+        " FROM plan_routed y"
+    )
+    worst = (
+        "SELECT z.*, CASE WHEN z.t_provider IS NULL THEN 0"
+        f" ELSE z.prompt_cost + {token_cost_sql('z.choices * z.cap', 'z.t_out')}"
+        " END AS worst_case FROM plan_capped z"
     )
     # What the first route reserves, and whether the platform route would cross the monthly limit.
     reserved = (
@@ -98,10 +133,8 @@ def plan_ctes(f: Fragments, q: Sql, *, fee_percent: Decimal, pool: bool) -> str:
         # This request is the month's (byok_requests + 1)-th: billing's free tier says whether it owes the fee.
         f" WHEN '{Route.BYOK}' THEN CASE WHEN billing_byok_fee_due(w.byok_requests + 1, w.free_requests)"
         f" THEN {percent_of_sql('w.worst_case', fee_percent)} ELSE 0 END ELSE 0 END AS hold_amount,"
-        " CASE WHEN w.c_limit IS NULL OR w.t_provider IS NULL THEN FALSE"
-        " ELSE COALESCE((SELECT SUM(r.charged) FROM pool_requestrecord r WHERE r.api_key_id = w.c_id"
-        " AND r.created_at >= w.month_from), 0) + w.worst_case > w.c_limit END AS over_limit"
-        " FROM plan_routed w"
+        " COALESCE(w.limit_left < w.worst_case, FALSE) AS over_limit"
+        " FROM plan_worst w"
     )
     refused = (
         "SELECT h.*, CASE"
@@ -109,11 +142,16 @@ def plan_ctes(f: Fragments, q: Sql, *, fee_percent: Decimal, pool: bool) -> str:
         f" WHEN h.is_pool AND h.t_clearance <> '{cleared}' THEN '{Refusal.POOL_PROVIDER_NOT_CLEARED}'"
         f" WHEN h.is_pool AND NOT h.pool_gate THEN '{Refusal.POOL_GATE}'"
         f" WHEN h.route = '{Route.PLATFORM}' AND h.over_limit THEN '{Refusal.MONTHLY_LIMIT}'"
+        # Not one completion token affordable: the limit's remainder or the balance is what binds.
+        f" WHEN h.route = '{Route.PLATFORM}' AND h.model_cap > 0 AND h.cap < 1 THEN CASE"
+        " WHEN h.limit_left IS NOT NULL AND (h.spendable IS NULL OR h.limit_left < h.spendable)"
+        f" THEN '{Refusal.MONTHLY_LIMIT}' ELSE '{Refusal.INSUFFICIENT_BALANCE}' END"
         f" WHEN h.hold_amount > 0 AND h.account_id IS NULL THEN '{Refusal.NO_ACCOUNT}'"
         " END AS refusal FROM plan_reserved h"
     )
     return (
         f"plan_context AS MATERIALIZED ({context}), plan_routed AS MATERIALIZED ({routed}),"
+        f" plan_capped AS MATERIALIZED ({capped}), plan_worst AS MATERIALIZED ({worst}),"
         f" plan_reserved AS MATERIALIZED ({reserved}), plan AS MATERIALIZED ({refused})"
     )
 
@@ -131,6 +169,8 @@ def plan_row(row) -> PlanRow:
         output_price=values["t_out"], route=values["route"], include_exchange=bool(values["include_exchange"]),
         worst_case=values["worst_case"],
         hold_amount=values["hold_amount"], over_limit=bool(values["over_limit"]), refusal=values["refusal"],
+        cap=values["cap"], cap_field=values["t_cap_field"], spendable=values["spendable"],
+        limit_left=values["limit_left"],
     )
 
 
@@ -138,6 +178,7 @@ def plan_row(row) -> PlanRow:
 ASK_FIELDS = (
     ("n", "integer"), ("request_id", "text"), ("raw_hash", "text"), ("slug", "text"), ("model", "text"),
     ("is_pool", "boolean"), ("platform_only", "boolean"), ("prompt_tokens", "bigint"), ("max_tokens", "bigint"),
+    ("choices", "bigint"), ("default_max_tokens", "bigint"),
     ("month", "date"), ("month_from", "timestamptz"), ("default_rate_open", "boolean"), ("free_requests", "bigint"),
 )
 
@@ -161,7 +202,8 @@ def ask_values(ask: Ask, *, n: int = 0, request_id: str = "") -> dict:
     return {
         "n": n, "request_id": request_id, "raw_hash": ask.raw_hash, "slug": ask.slug, "model": ask.model,
         "is_pool": ask.pool, "platform_only": ask.platform_only, "prompt_tokens": ask.prompt_tokens,
-        "max_tokens": ask.max_tokens, "month": ask.month, "month_from": ask.month_from,
+        "max_tokens": ask.max_tokens, "choices": ask.choices, "default_max_tokens": settings.HEADROOM_DEFAULT_MAX_TOKENS,
+        "month": ask.month, "month_from": ask.month_from,
         "default_rate_open": exchange_open_at(None), "free_requests": settings.HEADROOM_BYOK_FREE_REQUESTS,
     }
 

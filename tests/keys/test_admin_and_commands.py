@@ -41,6 +41,7 @@ def test_an_operators_base_url_is_checked_in_the_admin(admin_client, settings):
         "balance_currency": "USD",
         "pool_clearance": "pending",
         "prices_provider": "",
+        "cap_field": "max_tokens",
         "is_active": "on",
         "catalogue_managed": "on",
     }

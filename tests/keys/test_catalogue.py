@@ -69,6 +69,10 @@ def test_the_versioned_catalogue_seeds_every_required_provider(settings):
         assert provider.pool_clearance == Provider.PoolClearance.PENDING
         assert provider.exchange_supported == (provider.balance_api != "none")
         assert provider.api_style == Provider.ApiStyle.OPENAI
+    # The cap field each provider reads (issue 12: the gateway forwards its held cap in it alone).
+    assert {slug for slug, p in rows.items() if p.cap_field == Provider.CapField.MAX_COMPLETION_TOKENS} == {
+        "openai", "groq"}
+    assert {p.cap_field for slug, p in rows.items() if slug not in ("openai", "groq")} == {"max_tokens"}
 
 
 def test_sync_is_idempotent_and_never_undoes_an_operators_clearance():
@@ -99,6 +103,7 @@ def test_a_changed_file_updates_managed_rows_and_keeps_admin_owned_ones(tmp_path
         (_entry(balance_api="deepseek", exchange="true", extra='balance_path = "/balance"\n'), "balance_path"),
         (_entry(exchange="true"), "exchange"),
         (_entry(balance_api="paypal"), "balance_api must be one of"),
+        (_entry(extra='cap_field = "max_output_tokens"\n'), "cap_field must be one of"),
         (_entry(base_url="https://127.0.0.1/v1"), "loopback, private"),
         (_entry(base_url="https://169.254.169.254/v1"), "loopback, private"),
         (_entry(base_url="https://10.0.0.8/v1"), "loopback, private"),

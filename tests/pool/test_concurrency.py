@@ -6,9 +6,10 @@ from collections import Counter
 from openai import AsyncOpenAI
 
 from billing.models import BalanceHold
-from keys.models import ProviderKey, ProviderKeyLease, ProviderKeyTransition
+from billing.money import token_cost
+from keys.models import ProviderKey, ProviderKeyLease, ProviderKeyTransition, ProviderModel
 from pool.models import RequestRecord
-from tests.pool.conftest import COST, MODEL, PROMPT, PROVIDER
+from tests.pool.conftest import COST, INPUT_PRICE, MODEL, OUTPUT_PRICE, PROMPT, PROVIDER
 from tests.pool.helpers import SIGNUP, assert_ledger_clean, main
 
 
@@ -66,14 +67,19 @@ def test_concurrent_requests_never_reserve_more_than_the_balance(world):
     key = world.key()
     world.fake.script(key.secret, first_byte_delay=1.0)  # every request in flight at once
     alice = world.member()  # $2.00
-    # worst case: 10 prompt tokens (the estimate) × $1/M + 150,000 × $2/M = $0.30001; six fit in $2.00
+    ProviderModel.objects.filter(name=MODEL).update(max_output_tokens=150_000)  # the cap asked for is allowed
+    # worst case: 52 prompt tokens (the estimate: 45 bytes of JSON, 4 for the message, 3 priming the reply)
+    # × $1/M + 150,000 × $2/M = $0.300052; six fit in $2.00. A request planned once those six are held
+    # may still be served with the smaller cap that the rest ($0.199688) affords.
     results = asyncio.run(_burst(alice.api_key, world.url, f"{PROVIDER}/{MODEL}", 20, max_tokens=150_000))
 
     answered = [r for r in results if not isinstance(r, Exception)]
     refused = [r for r in results if isinstance(r, Exception)]
-    assert len(answered) == 6
+    caps = [r.json["max_tokens"] for r in world.fake.requests if r.path.endswith("/chat/completions")]
+    assert len(caps) == len(answered) and caps.count(150_000) == 6
+    assert sum(token_cost(52, INPUT_PRICE) + token_cost(cap, OUTPUT_PRICE) for cap in caps) <= SIGNUP
     assert {(r.status_code, r.body["code"]) for r in refused} == {(402, "insufficient_balance")}
-    assert main(alice.user) == SIGNUP - 6 * COST  # charged what was delivered, not what was held
+    assert main(alice.user) == SIGNUP - len(answered) * COST  # charged what was delivered, not what was held
     assert not BalanceHold.objects.exists()  # each released with its request
     assert_ledger_clean()
 

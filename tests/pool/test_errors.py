@@ -127,11 +127,16 @@ def test_a_balance_that_cannot_cover_the_worst_case_is_402(world):
 
 def test_monthly_limit_is_402(world):
     world.key()
-    alice = world.member(monthly_limit=50_000)  # $0.00005: one request's worst case at most
+    # $0.0001: the prompt's worst case (52 tokens, $0.000052) plus 20 completion tokens ($0.00004) fits
+    # once; the second request is capped to what the limit leaves; the third cannot pay for one token.
+    alice = world.member(monthly_limit=100_000)
     ok = _post(world, alice, {"model": MODEL_ID, "messages": PROMPT, "max_tokens": 20})
-    assert ok.status_code == 200
-    second = _post(world, alice, {"model": MODEL_ID, "messages": PROMPT, "max_tokens": 20})
-    _assert_error(second, 402, "monthly_limit_reached")
+    assert ok.status_code == 200  # charged 3 × $1/M + 20 × $2/M = $0.000043
+    capped = _post(world, alice, {"model": MODEL_ID, "messages": PROMPT, "max_tokens": 20})
+    assert capped.status_code == 200
+    assert world.fake.requests[-1].json["max_tokens"] == (100_000 - 43_000 - 52_000) // 2_000  # 2 tokens
+    third = _post(world, alice, {"model": MODEL_ID, "messages": PROMPT, "max_tokens": 20})
+    _assert_error(third, 402, "monthly_limit_reached")
 
 
 def test_body_over_the_limit_is_413_declared_or_chunked(world, settings):

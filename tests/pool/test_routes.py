@@ -264,7 +264,8 @@ def test_the_hold_follows_the_model_price_in_force_and_the_route(world):
         assert set(held) <= {f"{request_id}:platform"}
         return held.get(f"{request_id}:platform")
 
-    prompt_estimate = 10  # "hello there world": 17 characters / 3, plus 4 for the message
+    # the message's compact JSON (45 bytes), 4 for the message, 3 priming the reply (pool.gateway)
+    prompt_estimate = 52
     assert held_for(platform_key.secret) == token_cost(prompt_estimate, INPUT_PRICE) + token_cost(1000, 2_000_000_000)
     assert held_for(platform_key.secret) == token_cost(prompt_estimate, INPUT_PRICE) + token_cost(1000, 2_000_000_000)
     ProviderModel.objects.filter(name=MODEL).update(output_price=20_000_000_000)  # ×10
