@@ -115,3 +115,67 @@ def test_a_replay_earns_nothing_again(user, seller_key):
     assert first.reward == again.reward == percent_of(2_000_000, RATE)
     assert ExchangeEarning.objects.count() == 1 and frozen(seller_key.owner_user) == first.reward
     assert_ledger_clean()
+
+
+# --- ledger_check ------------------------------------------------------------------------------------
+
+
+def _ledger_check() -> str:
+    from io import StringIO
+
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+
+    err = StringIO()
+    try:
+        call_command("ledger_check", stdout=StringIO(), stderr=err)
+    except CommandError:
+        return err.getvalue()
+    return ""
+
+
+def test_ledger_check_is_clean_after_a_capped_and_an_uncollected_earning(user, seller_key):
+    run(request_settle(s=_settlement(user, seller_key, completion_tokens=1_500_000, request_id="req_1")))
+    run(request_settle(s=_settlement(user, seller_key, completion_tokens=1_000, request_id="req_2")))  # $0 left
+
+    assert _ledger_check() == ""
+
+
+def test_ledger_check_flags_an_earning_above_the_rate_of_what_was_collected(user, seller_key):
+    run(request_settle(s=_settlement(user, seller_key, completion_tokens=1_500_000)))
+    # planted: the seller paid 90% of the notional $3.00 although $2.00 was collected (what the settlement
+    # did before pool/0008); the ledger is left balanced: only the earnings' checks can see it
+    row = ExchangeEarning.objects.get()
+    notional = percent_of(parse_usd("3.00"), RATE)
+    ExchangeEarning.objects.filter(pk=row.pk).update(amount=notional)
+
+    problems = _ledger_check()
+
+    assert f"earned {notional}, more than 90.00% of the {SIGNUP} collected" in problems  # exchange's check
+    assert f"earned {notional}, more than 90.00% of the {SIGNUP} its request was charged" in problems  # pool's
+
+
+def test_ledger_check_flags_an_earning_where_nothing_was_collected(user, seller_key):
+    run(request_settle(s=_settlement(user, seller_key, completion_tokens=1_000)))
+    ExchangeEarning.objects.update(collected=0)  # planted: the earning says nothing was collected
+
+    problems = _ledger_check()
+
+    assert "where nothing was collected" in problems
+    assert "says 0 was collected, its request was charged 2000000" in problems
+
+
+def test_ledger_check_holds_rows_recorded_before_collected_to_their_requests_charge(user, seller_key):
+    spend_all(user)
+    run(request_settle(s=_settlement(user, seller_key, completion_tokens=1_000)))  # 0 collected
+    # planted: a row recorded before `collected` was kept, paid 90% of the notional cost
+    from billing.services import account_for_owner, ledger_transfer, platform_account
+
+    frozen_account = account_for_owner(owner=seller_key.owner_user, kind=Account.Kind.FROZEN)
+    paid = ledger_transfer(source=platform_account(Account.Kind.EXCHANGE_PAYOUTS), destination=frozen_account,
+                           amount=1_800_000, idempotency_key="legacy", kind=LedgerTransaction.Kind.EXCHANGE_EARNING)
+    ExchangeEarning.objects.update(collected=None, amount=1_800_000, ledger_transaction=paid)
+
+    problems = _ledger_check()
+
+    assert "earned 1800000, more than 90.00% of the 0 its request was charged" in problems
