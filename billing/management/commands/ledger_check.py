@@ -15,4 +15,4 @@ class Command(BaseCommand):
             for problem in problems:
                 self.stderr.write(f"ledger violation: {problem}")
             raise CommandError(f"{len(problems)} ledger violation(s) found.")
-        self.stdout.write(self.style.SUCCESS("ledger OK: every transaction balances and every cached balance matches."))
+        self.stdout.write(self.style.SUCCESS("ledger OK: every transaction balances, every cached balance matches and every registered check passes."))
