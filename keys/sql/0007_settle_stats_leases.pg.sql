@@ -29,6 +29,8 @@ $$;
 CREATE OR REPLACE FUNCTION keys_leases_end(p_requests text[])
 RETURNS void LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
-    DELETE FROM keys_providerkeylease l WHERE l.request_id = ANY (p_requests);
+    -- A join with the array, not `request_id = ANY (p_requests)`: inside PL/pgSQL the ANY form measured
+    -- ~60 µs a call against ~12 µs for this (the varchar column against a text[] parameter).
+    DELETE FROM keys_providerkeylease l USING unnest(p_requests) AS r(request_id) WHERE l.request_id = r.request_id;
 END;
 $$;
