@@ -144,6 +144,13 @@ def percent_of_sql(nanos: str, percent: Decimal) -> str:
     basis_points = percent * 100
     if basis_points != basis_points.to_integral_value() or not 0 <= basis_points <= 10_000:
         raise ValueError("an SQL percentage is between 0 and 100 with at most two decimals")
-    bp, n = int(basis_points), f"({nanos})"
+    return basis_points_of_sql(nanos, str(int(basis_points)))
+
+
+def basis_points_of_sql(nanos: str, basis_points: str) -> str:
+    """percent_of() as an SQL expression over two non-negative integer expressions: an amount and the
+    percentage in basis points (0 to 10,000; 12.5% is 1250), for a percentage that varies per row (an
+    exchange earning's rate, inside pool_settle's frozen text)."""
+    bp, n = f"({basis_points})", f"({nanos})"
     hundreds = f"({n} / 10000)"
     return _half_even_sql(f"{hundreds} * {bp}", f"({n} - {hundreds} * 10000) * {bp}", 10_000)

@@ -10,9 +10,12 @@ Design:
 - A rule of 0% means "disabled" for its scope; a global rule of 0% switches
   the exchange off altogether, whatever more specific rules say.
 - An `ExchangeEarning` records what one successful request earned its key's
-  owner: the settled cost, the rate resolved at the time (percent, rule and
-  scope, copied, never referenced), the amount and the ledger transaction. It
-  is written once per request; later rule changes never rewrite it.
+  owner: the settled cost, what was collected from the payer (the cost capped
+  at their balance), the rate resolved at the time (percent, rule and scope,
+  copied, never referenced), the amount — the rate of what was *collected*,
+  never of the notional cost (SPEC "Served ≤ collected") — and the ledger
+  transaction. It is written once per request, by the settlement
+  (exchange_earnings_insert, exchange/sql/); later rule changes never rewrite it.
 """
 
 from decimal import Decimal
@@ -20,7 +23,7 @@ from decimal import Decimal
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q
 
 RULE_DUPLICATE_SCOPE = "There is already a rule for this scope: edit that rule instead."
 RULE_TASK_NEEDS_PROVIDER = "A task-specific rule needs a provider."
@@ -149,6 +152,12 @@ class ExchangeEarning(models.Model):
     )
     request_id = models.CharField(max_length=100, unique=True)
     settled_cost = models.BigIntegerField(help_text="Nanodollars: the request's settled cost.")
+    collected = models.BigIntegerField(
+        null=True,
+        blank=True,
+        help_text="Nanodollars actually charged to the payer (the settled cost capped at their balance); the"
+        " amount is the rate of this. Empty on rows recorded before it was kept.",
+    )
     rate_percent = models.DecimalField(max_digits=5, decimal_places=2)
     rate_rule_id = models.BigIntegerField(null=True, blank=True, help_text="The rule resolved then (a copy).")
     rate_scope = models.CharField(max_length=32)
@@ -167,6 +176,10 @@ class ExchangeEarning(models.Model):
         constraints = [
             models.CheckConstraint(
                 condition=Q(amount__gte=0) & Q(settled_cost__gte=0), name="exchange_earning_not_negative"
+            ),
+            models.CheckConstraint(
+                condition=Q(collected__isnull=True) | Q(collected__gte=0, collected__lte=F("settled_cost")),
+                name="exchange_earning_collected_within_cost",
             ),
             models.CheckConstraint(
                 condition=Q(amount=0, ledger_transaction__isnull=True)

@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from django.conf import settings
-from django.db.models import Count, Q, QuerySet, Sum
+from django.db.models import BigIntegerField, Count, DecimalField, ExpressionWrapper, F, Q, QuerySet, Sum
 from django.db.models.functions import TruncDate
 
 from accounts.models import Organization, User
 from billing.models import Account
+from billing.money import percent_of
 from exchange.models import ExchangeEarning, PayoutRateRule, Task, rule_scope
 from keys.services import ProviderKeyError
 
@@ -224,3 +225,40 @@ def exchange_earning_totals_by_key(*, owner: User | Organization) -> list[dict]:
         .annotate(requests=Count("pk"), settled_cost=Sum("settled_cost"), earned=Sum("amount"))
         .order_by("provider_key_id")
     )
+
+
+# --- ledger_check -------------------------------------------------------------------------------------
+
+
+def earning_violations(*, limit: int = 50) -> list[str]:
+    """Exchange earnings paid out of money that was never collected (SPEC "Served ≤ collected"): an
+    amount above the rate of what was collected, as billing.money.percent_of rounds it; an amount
+    where nothing was collected; more collected than the settled cost. Registered with billing's
+    `ledger_check` (exchange.apps). Rows recorded before `collected` was kept are pool's to check, against
+    their request's charge."""
+    suspects = (
+        ExchangeEarning.objects.filter(collected__isnull=False)
+        .annotate(
+            amount_x100=ExpressionWrapper(F("amount") * 100, output_field=BigIntegerField()),
+            rate_x_collected=ExpressionWrapper(
+                F("collected") * F("rate_percent"), output_field=DecimalField(max_digits=40, decimal_places=2)
+            ),
+        )
+        # amount > collected × rate / 100 exactly: a superset of amount > percent_of(...), confirmed below
+        .filter(Q(amount_x100__gt=F("rate_x_collected")) | Q(collected__gt=F("settled_cost")))
+        .order_by("pk")
+        .values_list("pk", "request_id", "settled_cost", "collected", "rate_percent", "amount")
+    )
+    problems = []
+    for pk, request_id, cost, collected, rate, amount in suspects.iterator():
+        if collected > cost:
+            problems.append(f"exchange earning {pk} (request {request_id}) collected {collected}, more than its"
+                            f" settled cost {cost}")
+        elif collected == 0 and amount > 0:
+            problems.append(f"exchange earning {pk} (request {request_id}) earned {amount} where nothing was collected")
+        elif amount > percent_of(collected, rate):
+            problems.append(f"exchange earning {pk} (request {request_id}) earned {amount}, more than {rate}% of the"
+                            f" {collected} collected ({percent_of(collected, rate)})")
+        if len(problems) >= limit:
+            break
+    return problems

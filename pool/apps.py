@@ -4,3 +4,11 @@ from django.apps import AppConfig
 class PoolConfig(AppConfig):
     name = "pool"
     verbose_name = "Gateway and shared pool"
+
+    def ready(self) -> None:
+        from billing.services import ledger_check_register
+        from pool.selectors import earning_record_violations
+
+        # billing sits below pool: its ledger_check runs the check, registered here, that each exchange
+        # earning matches its request's record.
+        ledger_check_register(earning_record_violations)

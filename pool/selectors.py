@@ -9,10 +9,23 @@ what is here is synchronous ORM, called from the proxy through
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.db.models import Count, QuerySet, Sum
+from django.db.models import (
+    BigIntegerField,
+    Count,
+    DecimalField,
+    ExpressionWrapper,
+    F,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+    Sum,
+)
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
+from billing.money import percent_of
+from exchange.models import ExchangeEarning
 from keys.models import Provider, ProviderKey, ProviderKeyStats, ProviderModel
 from keys.selectors import ROUTABLE_MODEL
 from pool.models import RequestRecord
@@ -114,3 +127,53 @@ def pool_provider_aggregates() -> list[dict]:
             }
         )
     return rows
+
+
+# --- ledger_check -------------------------------------------------------------------------------------
+
+
+def earning_record_violations(*, limit: int = 50) -> list[str]:
+    """Exchange earnings that do not match their request's record (SPEC "Served ≤ collected"): an
+    earning for a request that did not succeed on an exchange key or has no record; an earning whose
+    `collected` is not what the request was charged; an amount above the rate of that charge (also for
+    rows recorded before `collected` was kept). Registered with billing's `ledger_check` (pool.apps):
+    pool sits above exchange and billing, so it is the one app that may read both tables."""
+    record = RequestRecord.objects.filter(request_id=OuterRef("request_id"))
+    suspects = (
+        ExchangeEarning.objects.annotate(
+            r_route=Subquery(record.values("route")[:1]),
+            r_outcome=Subquery(record.values("outcome")[:1]),
+            r_charged=Subquery(record.values(c=F("charged") - F("fee"))[:1], output_field=BigIntegerField()),
+        )
+        .annotate(
+            amount_x100=ExpressionWrapper(F("amount") * 100, output_field=BigIntegerField()),
+            rate_x_charged=ExpressionWrapper(
+                F("r_charged") * F("rate_percent"), output_field=DecimalField(max_digits=40, decimal_places=2)
+            ),
+        )
+        .filter(
+            Q(r_route__isnull=True) | ~Q(r_route=RequestRecord.Route.EXCHANGE)
+            | ~Q(r_outcome=RequestRecord.Outcome.SUCCEEDED)
+            | (Q(collected__isnull=False) & ~Q(collected=F("r_charged")))
+            | Q(amount_x100__gt=F("rate_x_charged"))
+        )
+        .order_by("pk")
+        .values_list("pk", "request_id", "r_route", "r_outcome", "r_charged", "collected", "rate_percent", "amount")
+    )
+    problems = []
+    for pk, request_id, route, outcome, charged, collected, rate, amount in suspects.iterator():
+        if route is None:
+            problems.append(f"exchange earning {pk} names request {request_id}, which has no record")
+        elif route != RequestRecord.Route.EXCHANGE or outcome != RequestRecord.Outcome.SUCCEEDED:
+            problems.append(f"exchange earning {pk} (request {request_id}) is for a {outcome} {route} request")
+        elif collected is not None and collected != charged:
+            problems.append(f"exchange earning {pk} (request {request_id}) says {collected} was collected, its"
+                            f" request was charged {charged}")
+        elif amount > percent_of(charged, rate):
+            problems.append(f"exchange earning {pk} (request {request_id}) earned {amount}, more than {rate}% of"
+                            f" the {charged} its request was charged ({percent_of(charged, rate)})")
+        else:
+            continue
+        if len(problems) >= limit:
+            break
+    return problems

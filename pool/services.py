@@ -330,9 +330,15 @@ async def settlement_spec(s: Settlement) -> SettleSpec:
 
     - platform or exchange key: the requester pays the cost of the tokens delivered (also when the
       stream was cut or the client left), capped at their balance;
-    - exchange key, on success: its owner earns the resolved payout rate of the cost, into frozen;
+    - exchange key, on success: its owner earns the resolved payout rate of what was *collected* (the
+      charge after the cap at the payer's balance; 0 collected, 0 earned), into frozen. The cap is
+      only known inside pool_settle, so the rate is decided here and the amount computed there;
     - BYOK, on success: the month's count rises; past the free tier, a fee of 5% of the cost;
-    - pool, on success: the requester pays nothing; the donor gets 5% of the cost as a reward.
+    - pool, on success: the requester pays nothing; the donor gets 5% of the cost as a reward. It stays
+      on the notional cost: nothing is collected on the pool route, so nothing is capped away; it is
+      the platform's incentive (paid from its pool-rewards account) for what the donor's own key
+      served (SPEC "donor credited 5% of notional cost"). A failed request, or one of 0 cost, earns
+      nothing (no credit, no transaction).
     """
     target, key, usage, caller = s.target, s.key, s.usage, s.caller
     cost = token_cost(usage.prompt_tokens, target.input_price) + token_cost(usage.completion_tokens, target.output_price)
@@ -359,13 +365,12 @@ async def settlement_spec(s: Settlement) -> SettleSpec:
         resolved = await db_call(payout_rate_resolve, user=key.owner_user_id, provider=target.provider_id,
                                  task=s.task)
         rate = resolved.percent
-        amount = percent_of(cost, rate) if rate > 0 else 0
         frozen = await _owner_account(key, Account.Kind.FROZEN)
         earning = Earning(account_id=frozen, settled_cost=cost, rate_percent=rate, rule_id=resolved.rule_id,
-                              scope=resolved.scope, amount=amount)
-        if amount > 0:
+                          scope=resolved.scope)
+        if rate > 0:  # the amount: rate × collected, by pool_settle after the cap (0 collected: no credit)
             credit = Credit(
-                amount=amount, account_id=frozen, source_kind=Account.Kind.EXCHANGE_PAYOUTS,
+                amount=None, account_id=frozen, source_kind=Account.Kind.EXCHANGE_PAYOUTS,
                 txn_kind=LedgerTransaction.Kind.EXCHANGE_EARNING, idempotency_key=f"exchange-earning:{rid}",
                 memo=f"Exchange earning at {rate}% ({resolved.scope})",
             )
@@ -381,8 +386,7 @@ async def settlement_spec(s: Settlement) -> SettleSpec:
             "outcome": s.outcome, "upstream_status": s.upstream_status, "error_code": s.error_code[:64],
             "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
             "usage_estimated": usage.estimated, "input_price": target.input_price,
-            "output_price": target.output_price, "cost": cost, "reward": credit.amount if credit else 0,
-            "payout_rate": rate, "latency_ms": s.latency_ms, "ttfb_ms": s.ttfb_ms,
+            "output_price": target.output_price, "cost": cost, "payout_rate": rate, "latency_ms": s.latency_ms, "ttfb_ms": s.ttfb_ms,
         },
         payer_account_id=payer,
         charge=charge,
@@ -428,4 +432,4 @@ async def request_settle(*, s: Settlement) -> Receipt:
         return await db_call(_receipt_of_record, request_id=s.request_id)
     route = s.key.route if s.key else None
     return Receipt(request_id=s.request_id, route=route, cost=spec.record["cost"],
-                   charged=settled.charged + settled.fee, reward=spec.record["reward"], is_byok=route == Route.BYOK)
+                   charged=settled.charged + settled.fee, reward=settled.reward, is_byok=route == Route.BYOK)

@@ -15,7 +15,7 @@ from django.apps import apps
 from django.db import connection
 
 pytestmark = pytest.mark.django_db
-APPS_WITH_FUNCTIONS = ("pool", "billing")
+APPS_WITH_FUNCTIONS = ("pool", "billing", "exchange", "keys", "accounts")
 
 DEFINITIONS = """
 SELECT p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ')', pg_get_functiondef(p.oid)

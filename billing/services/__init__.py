@@ -1,5 +1,6 @@
 """Billing's write API. Other apps call these, never the ledger models directly."""
 
+from .checks import ledger_check_register, ledger_problems
 from .credits import signup_credit_grant
 from .ledger import (
     InsufficientFunds,
@@ -16,7 +17,9 @@ __all__ = [
     "InsufficientFunds",
     "LedgerError",
     "account_for_owner",
+    "ledger_check_register",
     "ledger_post",
+    "ledger_problems",
     "ledger_transfer",
     "platform_account",
     "signup_credit_grant",

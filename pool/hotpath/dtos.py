@@ -82,7 +82,7 @@ class FirstHop:
 class Credit:
     """Money to a key's owner: a pool reward (to their main account) or an exchange earning (frozen)."""
 
-    amount: int
+    amount: int | None  # None: an exchange earning, the rate of what pool_settle collects after the cap
     account_id: int
     source_kind: str  # the platform account it comes from
     txn_kind: str
@@ -92,14 +92,15 @@ class Credit:
 
 @dataclass(frozen=True)
 class Earning:
-    """The exchange earning's own row: the rate as it was, whatever the amount (0% included)."""
+    """The exchange earning's own row: the rate as it was, whatever the amount (0% included). The amount
+    is not here: it is the rate of what was collected, known only once pool_settle has capped the charge
+    at the payer's balance (it computes it there, with billing.money's rounding in SQL)."""
 
     account_id: int
     settled_cost: int
-    rate_percent: Decimal
+    rate_percent: Decimal  # at most two decimals (exchange.models.PayoutRateRule.percent)
     rule_id: int | None
     scope: str
-    amount: int
 
 
 @dataclass(frozen=True)
@@ -128,3 +129,4 @@ class Settled:
     inserted: bool  # False: the request was settled before; nothing moved now
     charged: int
     fee: int
+    reward: int  # the pool reward or exchange earning credited to the key's owner (0: none)

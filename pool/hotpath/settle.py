@@ -3,8 +3,10 @@
 The request record (a request already recorded moves nothing again), the charge capped at the
 balance, the BYOK month count and fee past the free tier, the reward or exchange earning, ledger
 transactions and entries, cached balances, the release of the holds, the key's counters, the end of
-its lease. Amounts (cost, fee, reward, earning) are pool.services'; pool_settle (PL/pgSQL) only caps
-them at the balance and applies them, for each request of the batch in turn.
+its lease. Amounts (cost, fee, reward, rate) are pool.services'; pool_settle (PL/pgSQL) caps them at
+the balance and applies them, for each request of the batch in turn, and computes the one amount that
+depends on the cap: an exchange earning is the rate of what was collected (SPEC "Served ≤
+collected"). Other apps' tables are written by those apps' SQL functions, once per batch.
 """
 
 from accounts.services import LAST_USED_RESOLUTION
@@ -19,7 +21,7 @@ PLATFORM_KINDS = (Account.Kind.REVENUE, Account.Kind.POOL_REWARDS, Account.Kind.
 # above, the ledger kinds of a charge and of a BYOK fee, and how stale an API key's last use may be.
 CONSTANTS = ("{" + ",".join(PLATFORM_KINDS) + "}", LedgerTransaction.Kind.USAGE, LedgerTransaction.Kind.BYOK_FEE,
              LAST_USED_RESOLUTION)
-LOCK_FIRST = 7  # the parameter that asks pool_settle to lock the accounts before it reads them
+LOCK_FIRST = 6  # the parameter that asks pool_settle to lock the accounts before it reads them
 
 
 SETTLE_ATTEMPTS = 3
@@ -47,15 +49,17 @@ def _settle_json(s: SettleSpec) -> dict:
                    credit_kind=c.txn_kind, credit_key=c.idempotency_key, credit_memo=c.memo[:200])
     if s.earning:
         e = s.earning
+        # The rate in basis points too: pool_settle computes the earning from what it collected with
+        # billing.money's rounding in SQL (basis_points_of_sql), which takes integers.
         row.update(earning_account=e.account_id, settled_cost=e.settled_cost, rate=e.rate_percent,
-                   rate_rule=e.rule_id, rate_scope=e.scope, earned=e.amount)
+                   rate_bp=int(e.rate_percent * 100), rate_rule=e.rule_id, rate_scope=e.scope)
     return row
 
 
 SETTLE_SQL = (
     "SELECT * FROM pool_settle(CAST($1 AS json), CAST($2 AS bigint[]), CAST($3 AS text[]), CAST($4 AS bigint[]),"
-    " CAST($5 AS bigint[]), CAST($6 AS bigint[]), CAST($7 AS date[]), CAST($8 AS boolean), CAST($9 AS text[]),"
-    " CAST($10 AS text), CAST($11 AS text), CAST($12 AS interval))"
+    " CAST($5 AS bigint[]), CAST($6 AS date[]), CAST($7 AS boolean), CAST($8 AS text[]), CAST($9 AS text),"
+    " CAST($10 AS text), CAST($11 AS interval))"
 )
 
 
@@ -67,13 +71,13 @@ async def _settle_batch(specs: list[SettleSpec]) -> list[Settled]:
     accounts = {a for r in batch for a in (r["payer"], r.get("credit_account")) if a}
     platform = ({Account.Kind.REVENUE for r in batch if r["charge"] or r["fee"]}
                 | {r["credit_source"] for r in batch if r.get("credit_source")})
-    # The counters it moves, locked first in one order, but only when it moves more than one of a kind:
-    # a single one is locked where it is written, which is before any account all the same.
-    keys = {r["key_id"] for r in batch if r["stats"]}
+    # The BYOK month counters it moves, locked first in one order, but only when it moves more than one:
+    # a single one is locked where it is written, which is before any account all the same. (The keys'
+    # counters are written for the whole batch at once, in key order, after them: keys_stats_add.)
     counted = {(r["byok_user"], r["byok_org"], r["month"]) for r in batch if r["byok_user"] or r["byok_org"]}
     several = len(counted) > 1
     params = [
-        json_rows(batch), pg_array(accounts), pg_array(platform), pg_array(keys if len(keys) > 1 else ()),
+        json_rows(batch), pg_array(accounts), pg_array(platform),
         pg_array({user for user, _, _ in counted if user} if several else ()),
         pg_array({org for _, org, _ in counted if org} if several else ()),
         pg_array({month.isoformat() for _, _, month in counted}), False, *CONSTANTS,
@@ -96,8 +100,8 @@ async def _settle_batch(specs: list[SettleSpec]) -> list[Settled]:
             if error.diag.table_name == "billing_ledgerentry":
                 raise PlatformAccountMissing() from None
             raise
-    settled = {request_id: Settled(inserted=inserted, charged=charged, fee=fee)
-               for request_id, inserted, charged, fee in rows}
+    settled = {request_id: Settled(inserted=inserted, charged=charged, fee=fee, reward=reward)
+               for request_id, inserted, charged, fee, reward in rows}
     return [settled[s.record["request_id"]] for s in specs]
 
 

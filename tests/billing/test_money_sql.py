@@ -11,6 +11,7 @@ from billing.money import (
     MAX_SQL_PRICE,
     MAX_SQL_TOKENS,
     ONE_MILLION,
+    basis_points_of_sql,
     percent_of,
     percent_of_sql,
     token_cost,
@@ -70,6 +71,14 @@ def test_token_cost_sql_rounds_small_amounts_half_even(tokens, price):
 )
 def test_percent_of_sql_matches_percent_of(nanos, percent):
     assert _evaluate(percent_of_sql("v.nanos", percent), nanos=nanos) == percent_of(nanos, percent)
+
+
+@settings(max_examples=150, deadline=None)
+@given(nanos=st.integers(0, 2**63 - 1), basis_points=st.integers(0, 10_000))
+def test_basis_points_of_sql_matches_percent_of_for_a_rate_per_row(nanos, basis_points):
+    # The exchange earning's form: the rate is a column (pool_settle's s.rate_bp), not a literal.
+    expected = percent_of(nanos, Decimal(basis_points) / 100)
+    assert _evaluate(basis_points_of_sql("v.nanos", "v.bp"), nanos=nanos, bp=basis_points) == expected
 
 
 @pytest.mark.parametrize(("nanos", "expected"), [(10, 0), (30, 2), (50, 2), (70, 4), (11, 1)])

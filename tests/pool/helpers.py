@@ -4,7 +4,8 @@ from decimal import Decimal
 
 from billing.models import Account
 from billing.money import parse_usd
-from billing.selectors import balances_for_owner, ledger_violations
+from billing.selectors import balances_for_owner
+from billing.services import ledger_problems
 
 SIGNUP = parse_usd("2.00")
 
@@ -37,7 +38,7 @@ def usd_float(nanos: int) -> float:
 
 
 def assert_ledger_clean() -> None:
-    assert ledger_violations() == []
+    assert ledger_problems() == []  # what `manage.py ledger_check` checks, registered checks included
     assert sum(Account.objects.values_list("balance", flat=True)) == 0
 
 
@@ -55,18 +56,36 @@ def wait_until(predicate, *, seconds: float = 5.0) -> bool:
 
 def run_on_own_loop(coroutine):
     """One event loop per call, as the gateway has one per process; the loop's database lanes and
-    pools closed after (they belong to the loop)."""
+    pools closed after (they belong to the loop), and its worker threads' Django connections: a thread
+    that ends with one open keeps it out of Django's pool for good, and a test run of many loops would
+    exhaust the pool (pool.hotpath.db.db_call runs the ORM in the loop's default thread pool)."""
     import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.db import connections
 
     from pool.hotpath import db
 
+    wrappers = []  # each worker thread's own Django connection wrapper, registered as the thread starts
+    executor = ThreadPoolExecutor(initializer=lambda: wrappers.append(connections["default"]))
+
     async def with_db_closed():
+        asyncio.get_running_loop().set_default_executor(executor)
         try:
             return await coroutine
         finally:
             await db.close_all()
 
-    return asyncio.run(with_db_closed())
+    try:
+        return asyncio.run(with_db_closed())
+    finally:
+        executor.shutdown(wait=True)
+        for wrapper in wrappers:  # their threads have ended: closing here gives the connections back
+            wrapper.inc_thread_sharing()
+            try:
+                wrapper.close()
+            finally:
+                wrapper.dec_thread_sharing()
 
 
 def holds_during(call, *, fake, secrets, delay: float = 0.4):

@@ -114,7 +114,7 @@ def test_exchange_route_pays_the_owner_into_frozen_balance(world):
     from exchange.models import ExchangeEarning
 
     row = ExchangeEarning.objects.select_related("ledger_transaction").get(request_id=record.request_id)
-    assert (row.provider_key_id, row.amount, row.settled_cost) == (key.pk, earning, COST)
+    assert (row.provider_key_id, row.amount, row.settled_cost, row.collected) == (key.pk, earning, COST, COST)
     assert sorted(row.ledger_transaction.entries.values_list("account__kind", "amount")) == [
         ("exchange_payouts", -earning), ("frozen", earning),
     ]
@@ -136,7 +136,8 @@ def test_an_exchange_key_at_a_zero_rate_earns_nothing_and_its_record_says_so(wor
     assert main(alice.user) == SIGNUP - COST
     assert frozen(bob.user) == 0
     row = ExchangeEarning.objects.get(provider_key=key)
-    assert (row.amount, row.rate_percent, row.settled_cost, row.ledger_transaction_id) == (0, Decimal("0"), COST, None)
+    assert (row.amount, row.rate_percent, row.settled_cost, row.collected, row.ledger_transaction_id) == (
+        0, Decimal("0"), COST, COST, None)
     assert RequestRecord.objects.get().reward == 0
     assert_ledger_clean()
 
