@@ -21,7 +21,7 @@ class Migration(migrations.Migration):
     dependencies = [
         ("pool", "0007_settle_through_billing"),
         ("exchange", "0002_earnings_collected"),
-        ("keys", "0007_settle_stats_leases"),
+        ("keys", "0008_settle_stats_leases"),
         ("accounts", "0002_api_key_touch"),
     ]
 

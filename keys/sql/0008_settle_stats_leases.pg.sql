@@ -1,4 +1,4 @@
--- keys 0007: keys' own SQL for the gateway's settlement, which composes it (pool/sql/). Keys owns every
+-- keys 0008: keys' own SQL for the gateway's settlement, which composes it (pool/sql/). Keys owns every
 -- write to a provider key's aggregate counters and leases; these are the forms that run a batch at a
 -- time inside the gateway's statement. Frozen: a change to the functions ships as a new file with a new
 -- migration.
