@@ -551,9 +551,13 @@ def test_recording_can_be_disabled():
 # --- issue 12: billing exactly as a real provider would -------------------------------------------
 
 
-def _billed(fake):
-    """The ``Billed`` of the only chat completion served since the last reset."""
+def _billed(fake, *, wait_s: float = 2.0):
+    """The ``Billed`` of the only chat completion served since the last reset. A stream's is set as its
+    handler ends, which can be just after the client has read the last event: wait for it briefly."""
     (record,) = [r for r in fake.requests if r.path.endswith("/chat/completions")]
+    deadline = time.monotonic() + wait_s
+    while record.billed is None and time.monotonic() < deadline:
+        time.sleep(0.01)
     return record.billed
 
 
