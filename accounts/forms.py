@@ -1,7 +1,7 @@
 from django import forms
 
 from accounts.models import ApiKey
-from billing.money import MoneyError, parse_usd
+from core.money import MoneyError, parse_usd
 
 
 class ApiKeyForm(forms.Form):

@@ -2,7 +2,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from accounts.models import ApiKey
-from billing.money import MoneyError, parse_usd, usd_str
+from core.money import MoneyError, parse_usd, usd_str
 
 
 @extend_schema_field({"type": "string", "format": "decimal", "example": "12.50"})

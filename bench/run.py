@@ -651,7 +651,7 @@ def django_setup(providers: dict[str, str]) -> None:
 
     from accounts.services import api_key_create, user_create
     from billing.models import Account, LedgerTransaction
-    from billing.money import parse_usd
+    from core.money import parse_usd
     from billing.services import account_for_owner, ledger_transfer, platform_account
     from keys.models import Provider, ProviderKey, ProviderModel
     from keys.services import provider_key_create

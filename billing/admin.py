@@ -3,7 +3,7 @@
 from django.contrib import admin
 
 from billing.models import Account, LedgerEntry, LedgerTransaction
-from billing.money import format_usd
+from core.money import format_usd
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):

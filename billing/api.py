@@ -6,7 +6,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from billing.money import usd_str
+from core.money import usd_str
 from billing.selectors import balances_for_owner
 
 

@@ -7,7 +7,7 @@ owner (a user or an organization: `main` and `frozen`) or to the platform
 (revenue, signup credits, pool rewards, …). Platform source accounts go
 negative by design: the sum of *all* balances is always zero.
 
-- Amounts are integer nanodollars (billing.money).
+- Amounts are integer nanodollars (core.money).
 - Entries are append-only: a correction is a new transaction.
 - `Account.balance` is a cache of the sum of its entries, updated with F() in
   the same database transaction as the entries (billing.services.ledger).

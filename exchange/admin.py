@@ -11,7 +11,7 @@ from django.urls import path, reverse
 
 from accounts.models import User
 from billing.admin import ReadOnlyAdmin
-from billing.money import format_usd
+from core.money import format_usd
 from exchange.models import ExchangeEarning, GlobalPayoutRate, PayoutRateRule, Task
 from exchange.selectors import global_payout_rate, payout_rate_explain
 from exchange.services import ExchangeError, payout_rate_global_set

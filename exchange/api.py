@@ -6,7 +6,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from billing.money import usd_str
+from core.money import usd_str
 from core.masking import masked_tail
 from exchange.selectors import (
     ResolvedRate,

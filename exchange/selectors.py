@@ -16,7 +16,7 @@ from django.db.models.functions import TruncDate
 
 from accounts.models import Organization, User
 from billing.models import Account
-from billing.money import percent_of
+from core.money import percent_of
 from exchange.models import ExchangeEarning, PayoutRateRule, Task, rule_scope
 from keys.services import ProviderKeyError
 
@@ -232,7 +232,7 @@ def exchange_earning_totals_by_key(*, owner: User | Organization) -> list[dict]:
 
 def earning_violations(*, limit: int = 50) -> list[str]:
     """Exchange earnings paid out of money that was never collected (SPEC "Served ≤ collected"): an
-    amount above the rate of what was collected, as billing.money.percent_of rounds it; an amount
+    amount above the rate of what was collected, as core.money.percent_of rounds it; an amount
     where nothing was collected; more collected than the settled cost. Registered with billing's
     `ledger_check` (exchange.apps). Rows recorded before `collected` was kept are pool's to check, against
     their request's charge."""

@@ -8,7 +8,7 @@ from django.contrib import admin, messages
 from django.utils.decorators import method_decorator
 from django.views.decorators.debug import sensitive_post_parameters
 
-from billing.money import MoneyError, parse_usd, usd_str
+from core.money import MoneyError, parse_usd, usd_str
 from keys.models import (
     PoolConsent,
     Provider,

@@ -1,7 +1,7 @@
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from billing.money import usd_str
+from core.money import usd_str
 from keys.models import Provider, ProviderKey, ProviderKeyStats
 
 

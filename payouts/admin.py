@@ -10,7 +10,7 @@ from django.http import HttpRequest
 from django.template.response import TemplateResponse
 
 from billing.admin import ReadOnlyAdmin
-from billing.money import format_usd
+from core.money import format_usd
 from payouts.models import Conversion, Withdrawal, WithdrawalEvent, WithdrawalNetwork
 from payouts.services import PayoutError, withdrawal_mark_paid, withdrawal_reject
 

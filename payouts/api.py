@@ -21,7 +21,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.models import Organization
-from billing.money import usd_str
+from core.money import usd_str
 from billing.selectors import BillingOwner, balances_for_owner
 from core.idempotency import IDEMPOTENCY_HEADER, idempotent_response
 from payouts.parsers import DecimalJSONParser

@@ -1,11 +1,11 @@
 from django import forms
 
-from billing.money import MoneyError, parse_usd
+from core.money import MoneyError, parse_usd
 from payouts.selectors import withdrawal_network_list
 
 
 class UsdAmountFormField(forms.CharField):
-    """USD typed by a person, parsed exactly by billing.money."""
+    """USD typed by a person, parsed exactly by core.money."""
 
     def __init__(self, **kwargs):
         kwargs.setdefault("widget", forms.TextInput(attrs={"size": 10, "inputmode": "decimal"}))

@@ -3,7 +3,7 @@
 DRF's JSONParser turns `10.1` into a float, which has already lost the amount
 the client wrote (and `1e309` into infinity). Parsing every JSON number with a
 fractional part or exponent as a Decimal keeps the literal exactly, so
-billing.money.parse_usd can judge it (too precise, too large, not finite) as it
+core.money.parse_usd can judge it (too precise, too large, not finite) as it
 judges a decimal string. `NaN` and `Infinity` become Decimal values too, so
 they are refused with the same money message instead of a parser error.
 """

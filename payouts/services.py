@@ -14,7 +14,7 @@ from django_fsm import ConcurrentTransition, can_proceed
 
 from accounts.models import Organization, User
 from billing.models import Account, LedgerTransaction
-from billing.money import format_usd, parse_usd
+from core.money import format_usd, parse_usd
 from billing.selectors import BillingOwner
 from billing.services import (
     InsufficientFunds,

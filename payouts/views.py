@@ -14,7 +14,7 @@ from django.utils.http import urlencode
 from django.views.decorators.http import require_GET, require_POST
 
 from accounts.models import Organization
-from billing.money import format_usd
+from core.money import format_usd
 from billing.selectors import BillingOwner, balances_for_owner
 from exchange.selectors import (
     exchange_earning_totals_by_key,

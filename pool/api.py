@@ -8,7 +8,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from billing.money import usd_str
+from core.money import usd_str
 from keys.models import ProviderKeyStats
 from keys.selectors import provider_key_get_for_user
 from keys.serializers import ProviderKeyStatsSerializer

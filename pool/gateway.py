@@ -29,7 +29,7 @@ import orjson
 from django.conf import settings
 from django.utils import timezone
 
-from billing.money import MAX_SQL_TOKENS
+from core.money import MAX_SQL_TOKENS
 from keys.services import (
     provider_key_record_429,
     provider_key_record_failure,

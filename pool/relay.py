@@ -84,7 +84,7 @@ def _usage_from(data: object) -> Usage | None:
 
 def _receipt_usage(usage: dict, receipt: Receipt) -> dict:
     """OpenRouter-style receipt fields on the usage object: cost charged (USD) and whether BYOK."""
-    from billing.money import usd
+    from core.money import usd
 
     return {**usage, "cost": float(usd(receipt.charged)), "is_byok": receipt.is_byok}
 

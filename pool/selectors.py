@@ -24,7 +24,7 @@ from django.db.models import (
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
-from billing.money import percent_of
+from core.money import percent_of
 from exchange.models import ExchangeEarning
 from keys.models import Provider, ProviderKey, ProviderKeyStats, ProviderModel
 from keys.selectors import ROUTABLE_MODEL

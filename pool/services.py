@@ -23,7 +23,7 @@ from accounts.models import Organization, User
 from accounts.selectors import API_KEY_PATTERN
 from accounts.services import LAST_USED_RESOLUTION, api_key_hash
 from billing.models import Account, LedgerTransaction
-from billing.money import percent_of, token_cost
+from core.money import percent_of, token_cost
 from billing.selectors import month_start
 from billing.services import account_for_owner, platform_account
 from exchange.selectors import payout_rate_resolve

@@ -4,7 +4,7 @@ from django.conf import settings
 
 from accounts.models import User
 from billing.models import Account, LedgerTransaction
-from billing.money import parse_usd
+from core.money import parse_usd
 
 from .ledger import account_for_owner, ledger_transfer, platform_account
 

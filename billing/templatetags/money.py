@@ -2,7 +2,7 @@
 
 from django import template
 
-from billing.money import format_usd
+from core.money import format_usd
 
 register = template.Library()
 

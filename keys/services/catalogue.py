@@ -29,7 +29,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from billing.money import MoneyError, parse_usd
+from core.money import MoneyError, parse_usd
 from keys.balance import BALANCE_PATHS
 from keys.models import Provider, ProviderModel
 

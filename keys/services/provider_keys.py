@@ -24,7 +24,7 @@ from django.views.decorators.debug import sensitive_variables
 from django_fsm import can_proceed
 
 from accounts.models import Membership, Organization, User
-from billing.money import format_usd, parse_usd, usd_str
+from core.money import format_usd, parse_usd, usd_str
 from core.errors import ServiceError
 from core.masking import secret_tail
 from keys.crypto import decrypt_secret, encrypt_secret, secret_fingerprint

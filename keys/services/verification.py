@@ -24,7 +24,7 @@ from django.db import transaction
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
-from billing.money import NANOS_PER_USD, format_usd, round_nanos, usd_str
+from core.money import NANOS_PER_USD, format_usd, round_nanos, usd_str
 from keys.balance import (
     BALANCE_PATHS,
     BalanceParseError,

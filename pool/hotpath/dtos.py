@@ -94,7 +94,7 @@ class Credit:
 class Earning:
     """The exchange earning's own row: the rate as it was, whatever the amount (0% included). The amount
     is not here: it is the rate of what was collected, known only once pool_settle has capped the charge
-    at the payer's balance (it computes it there, with billing.money's rounding in SQL)."""
+    at the payer's balance (it computes it there, with core.money's rounding in SQL)."""
 
     account_id: int
     settled_cost: int

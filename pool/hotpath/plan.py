@@ -10,7 +10,7 @@ cap bounded by the model's output limit and, on the platform, by what the payer 
 month is past the free tier, nothing on the pool) and why to refuse (unknown model, the pool's rules,
 a monthly spend limit, a balance that cannot pay for one completion token). pool.services
 reads these decisions from its row rather than deciding again. The rounding of money is
-billing.money's (`token_cost_sql`, `percent_of_sql`, next to their Python twins).
+core.money's (`token_cost_sql`, `percent_of_sql`, next to their Python twins).
 """
 
 from decimal import Decimal
@@ -20,7 +20,7 @@ from django.conf import settings
 
 from accounts.models import ApiKey
 from billing.models import Account
-from billing.money import percent_of_sql, token_cost_sql
+from core.money import percent_of_sql, token_cost_sql
 from exchange.selectors import exchange_open_at
 from keys.models import Provider
 from pool.hotpath.db import pg_fetchone

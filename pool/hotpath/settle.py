@@ -50,7 +50,7 @@ def _settle_json(s: SettleSpec) -> dict:
     if s.earning:
         e = s.earning
         # The rate in basis points too: pool_settle computes the earning from what it collected with
-        # billing.money's rounding in SQL (basis_points_of_sql), which takes integers.
+        # core.money's rounding in SQL (basis_points_of_sql), which takes integers.
         row.update(earning_account=e.account_id, settled_cost=e.settled_cost, rate=e.rate_percent,
                    rate_bp=int(e.rate_percent * 100), rate_rule=e.rule_id, rate_scope=e.scope)
     return row

@@ -5,7 +5,7 @@
 -- - Exchange earnings on collected money (SPEC "Served ≤ collected", issue 12): an exchange key's owner
 --   earns the payout rate of what was collected from the payer, the charge after it was capped at the
 --   payer's balance, never of the notional cost; 0 collected earns 0 and posts no transaction. The
---   cap is only known here, so the earning is computed here, after it, with billing.money's rounding
+--   cap is only known here, so the earning is computed here, after it, with core.money's rounding
 --   rule in SQL (basis_points_of_sql, half-even like percent_of; the rate comes in basis points,
 --   s.rate_bp) and the earning row records the collected amount beside the settled cost. The request
 --   record's reward and the key's credits are that amount; pool_settle returns it (out_reward).
@@ -204,7 +204,7 @@ BEGIN
         v_charged := LEAST(s.charge, GREATEST(v_balance, 0));
         v_fee := LEAST(v_fee_due, GREATEST(v_balance - v_charged, 0));
         -- What the key's owner is credited. An exchange earning: the rate of what was collected (the
-        -- charge as capped just above), rounded as billing.money.percent_of rounds
+        -- charge as capped just above), rounded as core.money.percent_of rounds
         -- (basis_points_of_sql('v_charged', 's.rate_bp')); 0 collected, 0 earned. A pool reward: the
         -- amount decided in Python, on the notional cost (nothing is collected on the pool route).
         IF s.earning THEN

@@ -8,7 +8,7 @@ from accounts.adapters import AccountAdapter
 from accounts.models import User
 from accounts.services import user_signup_complete
 from billing.models import LedgerTransaction
-from billing.money import parse_usd
+from core.money import parse_usd
 from billing.selectors import balances_for_owner, ledger_violations
 
 pytestmark = pytest.mark.django_db

@@ -5,7 +5,7 @@ import pytest
 from django.db import IntegrityError, connection, transaction
 
 from billing.models import Account, LedgerEntry, LedgerTransaction
-from billing.money import parse_usd
+from core.money import parse_usd
 from billing.selectors import ledger_violations
 from billing.services import (
     InsufficientFunds,

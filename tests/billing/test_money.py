@@ -2,7 +2,7 @@ from decimal import Decimal
 
 import pytest
 
-from billing.money import (
+from core.money import (
     MoneyError,
     format_usd,
     parse_usd,

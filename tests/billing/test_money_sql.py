@@ -7,7 +7,7 @@ from django.db import connection
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from billing.money import (
+from core.money import (
     MAX_SQL_PRICE,
     MAX_SQL_TOKENS,
     ONE_MILLION,

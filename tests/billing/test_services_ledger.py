@@ -5,7 +5,7 @@ from django.db import connection
 
 from accounts.models import Organization
 from billing.models import Account, LedgerEntry, LedgerTransaction
-from billing.money import parse_usd
+from core.money import parse_usd
 from billing.selectors import balances_for_owner, ledger_violations
 from billing.services import (
     InsufficientFunds,

@@ -6,7 +6,7 @@ import pytest
 from django.db import transaction
 
 from billing.models import Account, LedgerTransaction
-from billing.money import parse_usd, percent_of
+from core.money import parse_usd, percent_of
 from billing.services import account_for_owner, ledger_transfer, platform_account
 from exchange.models import ExchangeEarning
 from tests.accounts.factories import UserFactory

@@ -1,7 +1,7 @@
 import itertools
 
 from billing.models import Account, LedgerTransaction
-from billing.money import parse_usd
+from core.money import parse_usd
 from billing.services import account_for_owner, ledger_transfer, platform_account
 from payouts.models import WithdrawalNetwork
 

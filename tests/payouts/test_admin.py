@@ -5,7 +5,7 @@ from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.auth.models import Permission
 from django.test import Client
 
-from billing.money import parse_usd
+from core.money import parse_usd
 from payouts.models import Withdrawal, WithdrawalNetwork
 from payouts.services import withdrawal_request
 from tests.accounts.factories import UserFactory

@@ -6,7 +6,7 @@ import pytest
 from django.core.management import call_command
 
 from billing.models import LedgerTransaction
-from billing.money import parse_usd
+from core.money import parse_usd
 from core.models import IdempotencyRecord
 from payouts.models import Conversion
 from tests.payouts.factories import ADDRESSES, frozen_balance, fund_frozen, main_balance

@@ -6,7 +6,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from billing.models import Account, LedgerTransaction
-from billing.money import parse_usd
+from core.money import parse_usd
 from payouts.models import Withdrawal, WithdrawalEvent, WithdrawalNetwork
 from payouts.services import withdrawal_mark_paid, withdrawal_reject
 from tests.accounts.factories import UserFactory

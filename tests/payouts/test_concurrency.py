@@ -4,7 +4,7 @@ import pytest
 from django.core.management import call_command
 from rest_framework.test import APIClient
 
-from billing.money import parse_usd
+from core.money import parse_usd
 from payouts.models import Conversion, Withdrawal
 from payouts.services import (
     PayoutError,

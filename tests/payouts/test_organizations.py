@@ -6,7 +6,7 @@ from rest_framework.test import APIClient
 
 from accounts.models import Membership, Organization
 from billing.models import Account, LedgerEntry
-from billing.money import parse_usd
+from core.money import parse_usd
 from core.models import IdempotencyRecord
 from payouts.models import Conversion, Withdrawal
 from payouts.services import (

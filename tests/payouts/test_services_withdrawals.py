@@ -4,7 +4,7 @@ import pytest
 from django.core.management import call_command
 
 from billing.models import Account, LedgerTransaction
-from billing.money import parse_usd
+from core.money import parse_usd
 from payouts.models import Withdrawal
 from payouts.services import (
     WITHDRAWALS_PAID_ACCOUNT_KIND,

@@ -3,7 +3,7 @@
 import pytest
 from django.test import Client
 
-from billing.money import parse_usd
+from core.money import parse_usd
 from payouts.models import Withdrawal
 from tests.exchange.factories import exchange_provider, rule
 from tests.payouts.factories import ADDRESSES, frozen_balance, fund_frozen

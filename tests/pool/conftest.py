@@ -16,7 +16,7 @@ from allauth.account.models import EmailAddress
 from openai import OpenAI
 
 from accounts.services import api_key_create
-from billing.money import parse_usd
+from core.money import parse_usd
 from keys.models import Provider, ProviderKey, ProviderModel
 from keys.services import provider_key_create
 from tests.accounts.factories import UserFactory

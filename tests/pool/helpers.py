@@ -3,7 +3,7 @@
 from decimal import Decimal
 
 from billing.models import Account
-from billing.money import parse_usd
+from core.money import parse_usd
 from billing.selectors import balances_for_owner
 from billing.services import ledger_problems
 

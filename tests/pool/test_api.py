@@ -4,7 +4,7 @@ from decimal import Decimal
 
 from rest_framework.test import APIClient
 
-from billing.money import percent_of, usd_str
+from core.money import percent_of, usd_str
 from tests.pool.conftest import COST, MODEL, PROMPT, PROVIDER
 
 POOL_MODEL_ID = f"{PROVIDER}-pool/{MODEL}"

@@ -8,7 +8,7 @@ import pytest
 from openai import APIStatusError
 
 from billing.models import ByokMonthlyUsage
-from billing.money import percent_of
+from core.money import percent_of
 from pool.models import RequestRecord
 from tests.pool.conftest import COST, MODEL, PROMPT, PROVIDER
 from tests.pool.helpers import SIGNUP, assert_ledger_clean, holds_during, main, platform, spend_all

@@ -6,7 +6,7 @@ from collections import Counter
 from openai import AsyncOpenAI
 
 from billing.models import BalanceHold
-from billing.money import token_cost
+from core.money import token_cost
 from keys.models import ProviderKey, ProviderKeyLease, ProviderKeyTransition, ProviderModel
 from pool.models import RequestRecord
 from tests.pool.conftest import COST, INPUT_PRICE, MODEL, OUTPUT_PRICE, PROMPT, PROVIDER
@@ -90,7 +90,7 @@ def test_a_burst_of_every_route_at_once_settles_each_request_as_if_alone(world):
     platform, exchange) each land exactly as they would one by one."""
     from decimal import Decimal
 
-    from billing.money import percent_of
+    from core.money import percent_of
     from exchange.selectors import payout_rate_resolve
     from tests.pool.conftest import MODEL
     from tests.pool.helpers import frozen

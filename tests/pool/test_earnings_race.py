@@ -1,7 +1,7 @@
 """Race, through /v1 with the official SDK: many concurrent requests by a payer with a tiny balance, all
 served by a member's exchange key, whose charges are capped at what the balance has left. The seller
 earns exactly the payout rate of what was collected, request by request as pool_settle rounds it
-(billing.money.percent_of), never of the notional cost (SPEC "Served ≤ collected", issue 12).
+(core.money.percent_of), never of the notional cost (SPEC "Served ≤ collected", issue 12).
 
 How the charges get capped: every request is held for as much as it can cost, so the upstream cannot be
 made to bill more than was held; instead, while the requests wait for the provider's first byte, an
@@ -17,7 +17,7 @@ import openai
 import pytest
 
 from billing.models import Account, LedgerTransaction
-from billing.money import percent_of
+from core.money import percent_of
 from billing.services import account_for_owner, ledger_transfer, platform_account
 from exchange.models import ExchangeEarning
 from exchange.selectors import payout_rate_resolve

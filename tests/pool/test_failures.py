@@ -8,7 +8,7 @@ import httpx
 import pytest
 from openai import APIStatusError
 
-from billing.money import percent_of
+from core.money import percent_of
 from keys.models import ProviderKey, ProviderKeyTransition
 from keys.services import provider_key_in_flight
 from pool.models import RequestRecord

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, event, given, settings as hypothesis_setting
 from openai import APIStatusError, AsyncOpenAI, BadRequestError
 
 from billing.models import Account, BalanceHold
-from billing.money import token_cost
+from core.money import token_cost
 from keys.models import ProviderModel
 from pool.gateway import _prompt_estimate
 from pool.models import RequestRecord

@@ -5,7 +5,7 @@ from decimal import Decimal
 import pytest
 
 from billing.models import BalanceHold, ByokMonthlyUsage
-from billing.money import percent_of
+from core.money import percent_of
 from keys.models import ProviderKeyStats
 from pool.models import RequestRecord
 from tests.pool.conftest import (
@@ -248,7 +248,7 @@ def test_global_zero_rate_takes_exchange_keys_out_whatever_user_rules_say(world)
 def test_the_hold_follows_the_model_price_in_force_and_the_route(world):
     """Each request reserves its worst case at the prices in force when it is made (a price change
     shows at once, whatever the gateway read before), and only on a route that charges."""
-    from billing.money import token_cost
+    from core.money import token_cost
     from keys.models import ProviderModel
     from tests.pool.conftest import INPUT_PRICE
 

@@ -12,7 +12,7 @@ from decimal import Decimal
 import pytest
 
 from billing.models import Account, LedgerTransaction
-from billing.money import parse_usd, percent_of
+from core.money import parse_usd, percent_of
 from exchange.models import ExchangeEarning
 from keys.models import ProviderKey, ProviderKeyStats
 from pool.models import RequestRecord

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 import pytest
 
 from billing.models import Account, BalanceHold, ByokMonthlyUsage
-from billing.money import parse_usd
+from core.money import parse_usd
 from keys.models import ProviderKey
 from pool.models import RequestRecord
 from pool.selectors import Caller, Target
