@@ -57,6 +57,29 @@ def pytest_collection_modifyitems(config, items):
         item.add_marker(pytest.mark.skip(reason=f"{problem} (set it, or run `make test`)"))
 
 
+def _uses_database(request) -> bool:
+    return request.node.get_closest_marker("django_db") is not None or bool(
+        {"db", "transactional_db", "live_server", "django_db_reset_sequences"} & set(request.fixturenames)
+    )
+
+
+@pytest.fixture(autouse=True)
+def ledger_stays_sound(request):
+    """Every test that touches the database leaves the books as `manage.py ledger_check` wants them:
+    the suite as a whole proves the ledger sound after everything it does, not only in the tests about
+    the ledger. Tests that break the books on purpose (to see the check fail) are marked `ledger_broken`."""
+    if not _uses_database(request) or request.node.get_closest_marker("ledger_broken") is not None:
+        yield
+        return
+    # Ask for the database fixture from here, so that this teardown runs before the database's.
+    request.getfixturevalue("_django_db_helper")
+    yield
+    from billing.services import ledger_problems
+
+    problems = ledger_problems()
+    assert not problems, "ledger_check would fail after this test:\n" + "\n".join(problems)
+
+
 @pytest.fixture
 def api_client() -> APIClient:
     return APIClient()

@@ -1,17 +1,13 @@
 """GET /api/v1/exchange/rates and the earnings history endpoints."""
 
-from decimal import Decimal
-
 import pytest
-from django.db import transaction
 
-from billing.models import Account, LedgerTransaction
-from core.money import parse_usd, percent_of
-from billing.services import account_for_owner, ledger_transfer, platform_account
-from exchange.models import ExchangeEarning
+from core.money import parse_usd
+from pool.services import request_settle
 from tests.accounts.factories import UserFactory
 from tests.exchange.factories import exchange_provider, rule
 from tests.keys.factories import ProviderFactory, key_in_state
+from tests.pool.helpers import exchange_settlement, fund_exactly, run_on_own_loop as run
 
 pytestmark = pytest.mark.django_db
 
@@ -90,31 +86,27 @@ def test_rates_need_authentication(api_client):
     assert api_client.get(RATES).status_code == 401
 
 
-def _earn(key, request_id: str, cost: str, percent: str = "90"):
-    """An earning as the gateway's settlement writes it: the row, and the credit when it earns anything."""
-    settled_cost, rate = parse_usd(cost), Decimal(percent)
-    amount = percent_of(settled_cost, rate)
-    frozen = account_for_owner(owner=key.owner, kind=Account.Kind.FROZEN)
-    with transaction.atomic():
-        txn = None
-        if amount:
-            txn = ledger_transfer(source=platform_account(Account.Kind.EXCHANGE_PAYOUTS), destination=frozen,
-                                  amount=amount, idempotency_key=f"exchange-earning:{request_id}",
-                                  kind=LedgerTransaction.Kind.EXCHANGE_EARNING)
-        ExchangeEarning.objects.create(provider_key_id=key.pk, account=frozen, request_id=request_id,
-                                       settled_cost=settled_cost, rate_percent=rate, rate_rule_id=None,
-                                       rate_scope="global", amount=amount, ledger_transaction=txn)
+def _earn(settings, key, request_id: str, cost: str, percent: str = "90"):
+    """An earning made by the gateway's own settlement: a payer charged exactly `cost` on `key`, at a
+    global rate of `percent` (the settings' default: no rule)."""
+    settings.HEADROOM_DEFAULT_PAYOUT_RATE = percent
+    payer = UserFactory()
+    fund_exactly(payer, parse_usd(cost))
+    tokens = parse_usd(cost) * 1_000_000 // parse_usd("2")  # output at $2/M
+    receipt = run(request_settle(s=exchange_settlement(payer, key, completion_tokens=tokens, request_id=request_id)))
+    assert receipt.charged == parse_usd(cost)
 
 
-def test_earnings_per_key(authed_client, user):
+@pytest.mark.django_db(transaction=True)  # the settlement commits on the gateway's own connections
+def test_earnings_per_key(authed_client, user, settings):
     provider = exchange_provider("deepseek")
     first = key_in_state("active", owner=user, provider=provider, exchange=True)
     second = key_in_state("active", owner=user, provider=provider, exchange=True)
     strangers = key_in_state("active", provider=provider, exchange=True)
-    _earn(first, "a", "1.00")
-    _earn(first, "b", "0.50")
-    _earn(second, "c", "0.10", percent="0")
-    _earn(strangers, "d", "9.00")
+    _earn(settings, first, "a", "1.00")
+    _earn(settings, first, "b", "0.50")
+    _earn(settings, second, "c", "0.10", percent="0")
+    _earn(settings, strangers, "d", "9.00")
 
     body = authed_client.get("/api/v1/exchange/earnings").json()
 
@@ -131,11 +123,12 @@ def test_earnings_per_key(authed_client, user):
     assert by_key[second.pk]["earned"] == "0.00"
 
 
-def test_daily_earnings_group_by_day_key_and_rate(authed_client, user):
+@pytest.mark.django_db(transaction=True)
+def test_daily_earnings_group_by_day_key_and_rate(authed_client, user, settings):
     key = key_in_state("active", owner=user, provider=exchange_provider("deepseek"), exchange=True)
-    _earn(key, "a", "1.00", percent="90")
-    _earn(key, "b", "1.00", percent="90")
-    _earn(key, "c", "1.00", percent="50")
+    _earn(settings, key, "a", "1.00", percent="90")
+    _earn(settings, key, "b", "1.00", percent="90")
+    _earn(settings, key, "c", "1.00", percent="50")
 
     rows = authed_client.get("/api/v1/exchange/earnings/daily", {"key": key.pk}).json()
 

@@ -33,6 +33,34 @@ def spend_all(user) -> None:
                         amount=source.balance, idempotency_key=f"test-spend-all:{user.pk}", kind="adjustment")
 
 
+def fund_exactly(user, amount: int) -> None:
+    """Leave a member's main balance at exactly `amount` nanodollars (adjustments through the ledger)."""
+    from billing.services import account_for_owner, ledger_transfer, platform_account
+
+    spend_all(user)
+    ledger_transfer(source=platform_account(Account.Kind.ADJUSTMENTS), destination=account_for_owner(
+        owner=user, kind=Account.Kind.MAIN), amount=amount, idempotency_key=f"test-fund:{user.pk}", kind="adjustment")
+
+
+def exchange_settlement(payer, key, *, completion_tokens: int, request_id: str = "req_1", outcome: str = "succeeded"):
+    """What the gateway hands pool.services.request_settle once `key` (an exchange key) served `payer`:
+    a model priced $1/M in and $2/M out, no prompt."""
+    from datetime import datetime, timezone
+
+    from pool.selectors import Caller, Target
+    from pool.services import PickedKey, Settlement, Usage
+
+    now = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
+    account = Account.objects.get(user=payer, kind=Account.Kind.MAIN)
+    caller = Caller(api_key_id=None, user_id=payer.pk, organization_id=None, key_pool_mode="any", byok_fallback=True,
+                    monthly_limit=None, last_used_at=now, account_id=account.pk)
+    target = Target(requested=f"{key.provider.slug}/m", provider_id=key.provider_id, provider_slug=key.provider.slug,
+                    base_url="http://127.0.0.1:9", model="m", input_price=parse_usd("1"), output_price=parse_usd("2"))
+    picked = PickedKey(key_id=key.pk, secret="", route="exchange", owner_user_id=key.owner_user_id, owner_org_id=None)
+    return Settlement(request_id=request_id, created_at=now, caller=caller, target=target, task="chat", stream=False,
+                      outcome=outcome, usage=Usage(0, completion_tokens), key=picked)
+
+
 def usd_float(nanos: int) -> float:
     return float(Decimal(nanos) / 1_000_000_000)
 

@@ -6,7 +6,6 @@ is one a provider cannot be made to produce on demand once the hold bounds what 
 through /v1 is tests/pool/test_earnings_race.py.
 """
 
-from datetime import datetime, timezone
 from decimal import Decimal
 
 import pytest
@@ -16,27 +15,15 @@ from core.money import parse_usd, percent_of
 from exchange.models import ExchangeEarning
 from keys.models import ProviderKey, ProviderKeyStats
 from pool.models import RequestRecord
-from pool.selectors import Caller, Target
-from pool.services import PickedKey, Settlement, Usage, request_settle
+from pool.services import request_settle
 from tests.accounts.factories import UserFactory
 from tests.keys.factories import key_in_state
-from tests.pool.helpers import SIGNUP, assert_ledger_clean, frozen, main, run_on_own_loop as run, spend_all
+from tests.pool.helpers import (
+    SIGNUP, assert_ledger_clean, exchange_settlement, frozen, main, run_on_own_loop as run, spend_all,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
-NOW = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
 RATE = Decimal("90.00")  # HEADROOM_DEFAULT_PAYOUT_RATE: no rule, the settings' global default
-
-
-def _settlement(payer, key: ProviderKey, *, completion_tokens: int, request_id: str = "req_1",
-                outcome: str = RequestRecord.Outcome.SUCCEEDED) -> Settlement:
-    account = Account.objects.get(user=payer, kind=Account.Kind.MAIN)
-    caller = Caller(api_key_id=None, user_id=payer.pk, organization_id=None, key_pool_mode="any", byok_fallback=True,
-                    monthly_limit=None, last_used_at=NOW, account_id=account.pk)
-    target = Target(requested=f"{key.provider.slug}/m", provider_id=key.provider_id, provider_slug=key.provider.slug,
-                    base_url="http://127.0.0.1:9", model="m", input_price=parse_usd("1"), output_price=parse_usd("2"))
-    picked = PickedKey(key_id=key.pk, secret="", route="exchange", owner_user_id=key.owner_user_id, owner_org_id=None)
-    return Settlement(request_id=request_id, created_at=NOW, caller=caller, target=target, task="chat", stream=False,
-                      outcome=outcome, usage=Usage(0, completion_tokens), key=picked)
 
 
 @pytest.fixture
@@ -47,7 +34,7 @@ def seller_key(settings):
 
 def test_a_capped_charge_earns_the_rate_of_what_was_collected_not_of_the_cost(user, seller_key):
     # 1.5M output tokens at $2/M: $3.00, more than the payer's $2.00
-    receipt = run(request_settle(s=_settlement(user, seller_key, completion_tokens=1_500_000)))
+    receipt = run(request_settle(s=exchange_settlement(user, seller_key, completion_tokens=1_500_000)))
 
     earned = percent_of(SIGNUP, RATE)  # 90% of the $2.00 collected: $1.80, not 90% of $3.00
     print(f"\ncost $3.00, collected ${SIGNUP / 1e9:.2f}, earned ${earned / 1e9:.2f} at {RATE}%")
@@ -70,7 +57,7 @@ def test_the_earning_rounds_as_percent_of_rounds(user, seller_key, settings):
     ledger_transfer(source=platform_account(Account.Kind.ADJUSTMENTS), destination=account_for_owner(
         owner=user, kind=Account.Kind.MAIN), amount=12_345, idempotency_key="top-up", kind="adjustment")
 
-    receipt = run(request_settle(s=_settlement(user, seller_key, completion_tokens=1_000)))  # $0.000002 > 12,345
+    receipt = run(request_settle(s=exchange_settlement(user, seller_key, completion_tokens=1_000)))  # $0.000002 > 12,345
 
     assert receipt.charged == 12_345
     assert receipt.reward == percent_of(12_345, Decimal("12.35")) == 1_525  # 1524.6075 → 1525
@@ -81,7 +68,7 @@ def test_the_earning_rounds_as_percent_of_rounds(user, seller_key, settings):
 def test_nothing_collected_earns_nothing_and_posts_no_transaction(user, seller_key):
     spend_all(user)
 
-    receipt = run(request_settle(s=_settlement(user, seller_key, completion_tokens=1_000)))
+    receipt = run(request_settle(s=exchange_settlement(user, seller_key, completion_tokens=1_000)))
 
     assert (receipt.cost, receipt.charged, receipt.reward) == (2_000_000, 0, 0)
     row = ExchangeEarning.objects.get(request_id="req_1")
@@ -96,7 +83,7 @@ def test_nothing_collected_earns_nothing_and_posts_no_transaction(user, seller_k
 def test_a_failed_request_earns_nothing_even_for_what_it_was_charged(user, seller_key):
     # a stream cut after some tokens: the payer is charged for them, the seller earns nothing (SPEC:
     # "after each *successful* request the owner earns")
-    s = _settlement(user, seller_key, completion_tokens=1_000, outcome=RequestRecord.Outcome.CUT)
+    s = exchange_settlement(user, seller_key, completion_tokens=1_000, outcome=RequestRecord.Outcome.CUT)
 
     receipt = run(request_settle(s=s))
 
@@ -107,7 +94,7 @@ def test_a_failed_request_earns_nothing_even_for_what_it_was_charged(user, selle
 
 
 def test_a_replay_earns_nothing_again(user, seller_key):
-    s = _settlement(user, seller_key, completion_tokens=1_000)
+    s = exchange_settlement(user, seller_key, completion_tokens=1_000)
 
     first = run(request_settle(s=s))
     again = run(request_settle(s=s))
@@ -135,14 +122,15 @@ def _ledger_check() -> str:
 
 
 def test_ledger_check_is_clean_after_a_capped_and_an_uncollected_earning(user, seller_key):
-    run(request_settle(s=_settlement(user, seller_key, completion_tokens=1_500_000, request_id="req_1")))
-    run(request_settle(s=_settlement(user, seller_key, completion_tokens=1_000, request_id="req_2")))  # $0 left
+    run(request_settle(s=exchange_settlement(user, seller_key, completion_tokens=1_500_000, request_id="req_1")))
+    run(request_settle(s=exchange_settlement(user, seller_key, completion_tokens=1_000, request_id="req_2")))  # $0 left
 
     assert _ledger_check() == ""
 
 
+@pytest.mark.ledger_broken
 def test_ledger_check_flags_an_earning_above_the_rate_of_what_was_collected(user, seller_key):
-    run(request_settle(s=_settlement(user, seller_key, completion_tokens=1_500_000)))
+    run(request_settle(s=exchange_settlement(user, seller_key, completion_tokens=1_500_000)))
     # planted: the seller paid 90% of the notional $3.00 although $2.00 was collected (what the settlement
     # did before pool/0008); the ledger is left balanced: only the earnings' checks can see it
     row = ExchangeEarning.objects.get()
@@ -155,8 +143,9 @@ def test_ledger_check_flags_an_earning_above_the_rate_of_what_was_collected(user
     assert f"earned {notional}, more than 90.00% of the {SIGNUP} its request was charged" in problems  # pool's
 
 
+@pytest.mark.ledger_broken
 def test_ledger_check_flags_an_earning_where_nothing_was_collected(user, seller_key):
-    run(request_settle(s=_settlement(user, seller_key, completion_tokens=1_000)))
+    run(request_settle(s=exchange_settlement(user, seller_key, completion_tokens=1_000)))
     ExchangeEarning.objects.update(collected=0)  # planted: the earning says nothing was collected
 
     problems = _ledger_check()
@@ -165,9 +154,10 @@ def test_ledger_check_flags_an_earning_where_nothing_was_collected(user, seller_
     assert "says 0 was collected, its request was charged 2000000" in problems
 
 
+@pytest.mark.ledger_broken
 def test_ledger_check_holds_rows_recorded_before_collected_to_their_requests_charge(user, seller_key):
     spend_all(user)
-    run(request_settle(s=_settlement(user, seller_key, completion_tokens=1_000)))  # 0 collected
+    run(request_settle(s=exchange_settlement(user, seller_key, completion_tokens=1_000)))  # 0 collected
     # planted: a row recorded before `collected` was kept, paid 90% of the notional cost
     from billing.services import account_for_owner, ledger_transfer, platform_account
 
