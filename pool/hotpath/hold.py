@@ -1,9 +1,9 @@
 """The hold: a reservation of the payer's spendable balance (balance − held) for a request in flight.
 
-billing_hold_take (billing's PL/pgSQL, billing/sql/) checks and reserves in one conditional UPDATE with the hold row, so
-requests can never together reserve more than the balance; the settlement releases (deletes) the
-request's holds. The first hop holds inside its own statement (pool.hotpath.begin); hold_place is
-the fail-over's hold.
+billing_hold_take (billing's PL/pgSQL, billing/sql/) checks and reserves in one conditional UPDATE
+with the hold row, so requests can never together reserve more than the balance; the settlement has
+billing release (delete) the request's holds with the balance moves (billing_balances_move). The
+first hop holds inside its own statement (pool.hotpath.begin); hold_place is the fail-over's hold.
 """
 
 from pool.hotpath.db import pg_fetchone
