@@ -161,6 +161,12 @@ def exchange_open_at(global_percent: Decimal | None) -> bool:
     return (default_payout_rate() if global_percent is None else global_percent) > 0
 
 
+def exchange_open_sql(global_percent: str, default_open: str) -> str:
+    """exchange_open_at in SQL, for the gateway's plan: `global_percent` the global rule's percent (NULL:
+    no rule), `default_open` exchange_open_at(None) as a parameter (the setting is read in Python)."""
+    return f"CASE WHEN {global_percent} IS NULL THEN {default_open} ELSE {global_percent} > 0 END"
+
+
 def exchange_listing_refusal(*, provider, owner_user: User | None) -> ProviderKeyError | None:
     """The exchange's rules for listing a key (registered with keys, which asks them): why a key of
     this provider and owner may not be listed now, or None."""

@@ -21,7 +21,7 @@ from django.conf import settings
 from accounts.models import ApiKey
 from billing.models import Account
 from core.money import percent_of_sql, token_cost_sql
-from exchange.selectors import exchange_open_at
+from exchange.selectors import exchange_open_at, exchange_open_sql
 from keys.models import Provider
 from pool.hotpath.db import pg_fetchone
 from pool.hotpath.dtos import Ask, PlanRow, Refusal
@@ -94,7 +94,7 @@ def plan_ctes(f: Fragments, q: Sql, *, fee_percent: Decimal, pool: bool) -> str:
         f" CASE WHEN x.is_pool THEN '{Route.POOL}' WHEN x.byok_ready THEN '{Route.BYOK}'"
         f" ELSE '{Route.PLATFORM}' END AS route,"
         f" (NOT x.is_pool AND NOT x.platform_only AND x.c_mode <> '{platform_only}'"
-        " AND CASE WHEN x.global_rate IS NULL THEN x.default_rate_open ELSE x.global_rate > 0 END)"
+        f" AND {exchange_open_sql('x.global_rate', 'x.default_rate_open')})"
         " AS include_exchange,"
         " (SELECT b.balance - b.held FROM billing_account b WHERE b.id = x.account_id) AS spendable,"
         " CASE WHEN x.c_limit IS NULL OR x.t_provider IS NULL THEN NULL ELSE x.c_limit"

@@ -3,11 +3,13 @@
 from decimal import Decimal
 
 import pytest
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 
 from exchange.models import PayoutRateRule
 from exchange.selectors import (
     ResolvedRate,
+    exchange_open_at,
+    exchange_open_sql,
     exchange_routing_enabled,
     payout_rate_explain,
     payout_rate_resolve,
@@ -213,3 +215,15 @@ class TestRuleConstraints:
     def test_percent_is_within_0_and_100(self, percent):
         with pytest.raises(IntegrityError), transaction.atomic():
             rule(percent)
+
+
+@pytest.mark.parametrize("default", ["90.00", "0"])
+@pytest.mark.parametrize("percent", [None, "0", "0.00", "0.01", "90", "100"])
+def test_the_gateways_sql_opens_the_exchange_exactly_when_exchange_open_at_does(settings, percent, default):
+    # the plan's SQL twin of the one rule "global 0% stops routing to exchange keys"
+    settings.HEADROOM_DEFAULT_PAYOUT_RATE = default
+    value = None if percent is None else Decimal(percent)
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {exchange_open_sql('v.p', 'v.d')} FROM (SELECT %s::numeric AS p, %s AS d) v",
+                       [value, exchange_open_at(None)])
+        assert cursor.fetchone()[0] is exchange_open_at(value)
