@@ -61,6 +61,21 @@ def exchange_settlement(payer, key, *, completion_tokens: int, request_id: str =
                       outcome=outcome, usage=Usage(0, completion_tokens), key=picked)
 
 
+async def burst(api_key: str, url: str, n: int, body_of) -> list:
+    """`n` chat completions at once through the official SDK, `body_of(i)` the i-th one's arguments
+    (model included); each result is the answer or the exception it raised."""
+    import asyncio
+
+    from openai import AsyncOpenAI
+
+    client = AsyncOpenAI(api_key=api_key, base_url=f"{url}/v1", max_retries=0, timeout=60)
+    try:
+        return await asyncio.gather(*(client.chat.completions.create(**body_of(i)) for i in range(n)),
+                                    return_exceptions=True)
+    finally:
+        await client.close()
+
+
 def usd_float(nanos: int) -> float:
     return float(Decimal(nanos) / 1_000_000_000)
 

@@ -3,28 +3,17 @@
 import asyncio
 from collections import Counter
 
-from openai import AsyncOpenAI
-
 from billing.models import BalanceHold
 from core.money import token_cost
 from keys.models import ProviderKey, ProviderKeyLease, ProviderKeyTransition, ProviderModel
 from pool.models import RequestRecord
 from tests.pool.conftest import COST, INPUT_PRICE, MODEL, OUTPUT_PRICE, PROMPT, PROVIDER
-from tests.pool.helpers import SIGNUP, assert_ledger_clean, main
+from tests.pool.helpers import SIGNUP, assert_ledger_clean, burst, main
 
 
 POOL_MODEL_ID = f"{PROVIDER}-pool/{MODEL}"
-
-
-async def _burst(api_key: str, url: str, model: str, n: int, **options) -> list:
-    client = AsyncOpenAI(api_key=api_key, base_url=f"{url}/v1", max_retries=0, timeout=60)
-    try:
-        return await asyncio.gather(
-            *(client.chat.completions.create(model=model, messages=PROMPT, **options) for _ in range(n)),
-            return_exceptions=True,
-        )
-    finally:
-        await client.close()
+POOL_ASK = {"model": POOL_MODEL_ID, "messages": PROMPT}
+DIRECT_ASK = {"model": f"{PROVIDER}/{MODEL}", "messages": PROMPT}
 
 
 def test_two_hundred_concurrent_pool_requests_share_three_keys_fairly(world):
@@ -33,7 +22,7 @@ def test_two_hundred_concurrent_pool_requests_share_three_keys_fairly(world):
     donors = [world.member() for _ in range(3)]
     donor_keys = [world.key(owner=d.user, donate_to_pool=True) for d in donors]
 
-    results = asyncio.run(_burst(requester.api_key, world.url, POOL_MODEL_ID, 200))
+    results = asyncio.run(burst(requester.api_key, world.url, 200, lambda i: POOL_ASK))
 
     failures = [r for r in results if isinstance(r, Exception)]
     assert failures == []
@@ -54,7 +43,7 @@ def test_concurrent_429s_pause_the_key_exactly_once(world, settings):
     world.fake.script(key.secret, status=429, retry_after=5)
     alice = world.member()
 
-    results = asyncio.run(_burst(alice.api_key, world.url, f"{PROVIDER}/{MODEL}", 12))
+    results = asyncio.run(burst(alice.api_key, world.url, 12, lambda i: DIRECT_ASK))
 
     assert all(getattr(r, "status_code", None) in (429, 503) for r in results), results
     key.refresh_from_db()
@@ -71,7 +60,7 @@ def test_concurrent_requests_never_reserve_more_than_the_balance(world):
     # worst case: 52 prompt tokens (the estimate: 45 bytes of JSON, 4 for the message, 3 priming the reply)
     # × $1/M + 150,000 × $2/M = $0.300052; six fit in $2.00. A request planned once those six are held
     # may still be served with the smaller cap that the rest ($0.199688) affords.
-    results = asyncio.run(_burst(alice.api_key, world.url, f"{PROVIDER}/{MODEL}", 20, max_tokens=150_000))
+    results = asyncio.run(burst(alice.api_key, world.url, 20, lambda i: {**DIRECT_ASK, "max_tokens": 150_000}))
 
     answered = [r for r in results if not isinstance(r, Exception)]
     refused = [r for r in results if isinstance(r, Exception)]
@@ -105,9 +94,9 @@ def test_a_burst_of_every_route_at_once_settles_each_request_as_if_alone(world):
 
     async def everyone():
         return await asyncio.gather(
-            _burst(pooler.api_key, world.url, POOL_MODEL_ID, n),
-            _burst(byok_user.api_key, world.url, f"{PROVIDER}/{MODEL}", n),
-            _burst(payer.api_key, world.url, f"{PROVIDER}/{MODEL}", n),
+            burst(pooler.api_key, world.url, n, lambda i: POOL_ASK),
+            burst(byok_user.api_key, world.url, n, lambda i: DIRECT_ASK),
+            burst(payer.api_key, world.url, n, lambda i: DIRECT_ASK),
         )
 
     results = [r for burst in asyncio.run(everyone()) for r in burst]

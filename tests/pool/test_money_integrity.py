@@ -14,7 +14,7 @@ from fractions import Fraction
 
 import pytest
 from hypothesis import HealthCheck, event, given, settings as hypothesis_settings, strategies as st
-from openai import APIStatusError, AsyncOpenAI, BadRequestError
+from openai import APIStatusError, BadRequestError
 
 from billing.models import Account, BalanceHold
 from core.money import token_cost
@@ -23,7 +23,7 @@ from pool.gateway import _prompt_estimate
 from pool.models import RequestRecord
 from tests.fakeprovider import billing as fake_billing
 from tests.pool.conftest import INPUT_PRICE, MODEL, OUTPUT_PRICE, PROVIDER
-from tests.pool.helpers import assert_ledger_clean, holds_during, main
+from tests.pool.helpers import assert_ledger_clean, burst, holds_during, main
 
 MODEL_ID = f"{PROVIDER}/{MODEL}"
 DIALECTS = ("openai", "max_tokens_only")
@@ -342,17 +342,6 @@ def test_a_small_monthly_limit_still_serves_with_a_small_cap(world):
 # --- races -------------------------------------------------------------------------------------------
 
 
-async def _burst(api_key: str, url: str, n: int, bodies_of) -> list:
-    client = AsyncOpenAI(api_key=api_key, base_url=f"{url}/v1", max_retries=0, timeout=60)
-    try:
-        return await asyncio.gather(
-            *(client.chat.completions.create(model=MODEL_ID, **bodies_of(i)) for i in range(n)),
-            return_exceptions=True,
-        )
-    finally:
-        await client.close()
-
-
 CRAFTED = (
     {"messages": [{"role": "user", "content": "hi"}]},
     {"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 1, "max_tokens": 2000},
@@ -366,7 +355,8 @@ def test_fifty_concurrent_crafted_requests_on_a_ten_thousandth_of_a_dollar(world
     world.fake.script(key.secret, first_byte_delay=0.5)  # all in flight at once
     alice = world.member()
     set_balance(alice.user, 100_000)  # $0.0001
-    results = asyncio.run(_burst(alice.api_key, world.url, 50, lambda i: CRAFTED[i % len(CRAFTED)]))
+    results = asyncio.run(burst(alice.api_key, world.url, 50,
+                                lambda i: {"model": MODEL_ID, **CRAFTED[i % len(CRAFTED)]}))
     answered = [r for r in results if not isinstance(r, Exception)]
     refused = [r for r in results if isinstance(r, Exception)]
     collected = 100_000 - main(alice.user)
@@ -385,8 +375,8 @@ def test_forty_concurrent_requests_under_a_ten_thousandth_of_a_dollar_monthly_li
     key = realistic(world)
     world.fake.script(key.secret, first_byte_delay=0.5)
     alice = world.member(monthly_limit=100_000)  # $0.0001 a month; the balance is $2
-    results = asyncio.run(_burst(alice.api_key, world.url, 40,
-                                 lambda i: {"messages": [{"role": "user", "content": "hi"}]}))
+    results = asyncio.run(burst(alice.api_key, world.url, 40,
+                                lambda i: {"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}]}))
     answered = [r for r in results if not isinstance(r, Exception)]
     refused = [r for r in results if isinstance(r, Exception)]
     spent = sum(RequestRecord.objects.values_list("charged", flat=True))
