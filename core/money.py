@@ -51,7 +51,8 @@ def parse_usd(value: str | Decimal | int, *, allow_negative: bool = False) -> in
         raise MoneyError(MONEY_NOT_A_STRING)
     if not amount.is_finite():
         raise MoneyError(MONEY_NOT_FINITE)
-    if abs(amount) >= MAX_USD:
+    # copy_abs, not abs(): abs() rounds to the context and overflows on "1E+1000000".
+    if amount.copy_abs() >= MAX_USD:
         raise MoneyError(MONEY_TOO_LARGE)
     if amount != amount.quantize(NANO, rounding=ROUND_HALF_EVEN):
         raise MoneyError(MONEY_TOO_PRECISE)

@@ -1,6 +1,7 @@
 from decimal import Decimal
 
 import pytest
+from hypothesis import given, strategies as st
 
 from core.money import (
     MoneyError,
@@ -33,6 +34,9 @@ def test_parse_usd_is_exact(text, nanos):
         ("NaN", "finite"),
         ("Infinity", "finite"),
         ("1e309", "below"),
+        ("1E+1000000", "below"),
+        ("-1E+999999999999", "below"),
+        ("1e-1000000", "9 decimal"),
         ("0.0000000001", "9 decimal"),
         ("-1", "negative"),
         ("abc", "not a decimal"),
@@ -47,6 +51,17 @@ def test_parse_usd_is_exact(text, nanos):
 def test_parse_usd_refuses_with_a_reason(value, reason):
     with pytest.raises(MoneyError, match=reason):
         parse_usd(value)
+
+
+@given(st.one_of(st.text(max_size=80), st.decimals(allow_nan=True, allow_infinity=True), st.integers(),
+                 st.from_regex(r"\A-?[0-9]{0,12}(\.[0-9]{0,14})?([eE][-+]?[0-9]{1,12})?\Z")))
+def test_parse_usd_takes_any_value_or_says_why(value):
+    # whatever a client sends in a money field, a MoneyError (a 400 naming the field) or an amount
+    try:
+        nanos = parse_usd(value, allow_negative=True)
+    except MoneyError:
+        return
+    assert abs(nanos) < 1_000_000_000 * 1_000_000_000
 
 
 def test_parse_negative_only_when_allowed():
