@@ -50,7 +50,10 @@ NO_KEY = (
 RATE_LIMITED = "Too many requests for this API key. Slow down and retry after the Retry-After interval."
 UPSTREAM_RATE_LIMITED = "The provider is rate-limiting every available key for `{model}`."
 UPSTREAM_ERROR = "The provider returned an error (HTTP {status})."
-UPSTREAM_REJECTED = "The provider rejected the request (HTTP {status}). Check the parameters for this model."
+UPSTREAM_REJECTED = (
+    "The provider rejected the request (HTTP {status}): it is about this request (its parameters, its size or"
+    " the model's context length), so no other key was tried. Check the parameters for this model."
+)
 UPSTREAM_TIMEOUT = "The provider did not answer in time."
 UPSTREAM_UNREACHABLE = "The provider could not be reached."
 STREAM_CUT = "The provider's stream ended unexpectedly."

@@ -43,6 +43,7 @@ from pool.hotpath.db import db_call
 from pool.models import RequestRecord
 from pool.relay import Call, relay_json, relay_stream, send_json, settlement_of
 from pool.selectors import routable_models
+from pool.upstream_errors import BODY_LIMIT, Blame, upstream_error_blame
 from pool.services import (
     PickedKey,
     Plan,
@@ -101,7 +102,7 @@ def clock() -> datetime:
 class Failure:
     """An upstream failure before the first byte."""
 
-    kind: str  # rate_limited | auth | server | timeout | unreachable | rejected | internal
+    kind: str  # rate_limited | key_failed | server | timeout | unreachable | rejected | internal
     status: int | None = None
     retry_after: int | None = None
 
@@ -458,18 +459,21 @@ def _retry_after(value: str | None) -> int | None:
 
 
 async def _classify(response: aiohttp.ClientResponse, key: PickedKey) -> Failure:
-    """Read and drop an upstream error body (it may echo the key); remember what matters."""
+    """Read and drop an upstream error body (it may echo the key); count against the key only what
+    is about the key (pool.upstream_errors)."""
+    body = b""
     with contextlib.suppress(Exception):
-        await response.content.read(65_536)
+        body = await response.content.read(BODY_LIMIT)
     status = response.status
-    if status == 429:
+    blame = upstream_error_blame(status, body)
+    if blame == Blame.RATE_LIMITED:
         retry_after = _retry_after(response.headers.get("Retry-After"))
         await db_call(provider_key_record_429, key_id=key.key_id, retry_after_seconds=retry_after)
         return Failure("rate_limited", status, retry_after)
-    if status in (401, 402, 403):
+    if blame == Blame.KEY_FAILED:
         await db_call(provider_key_record_failure, key_id=key.key_id, reason=f"upstream HTTP {status}")
-        return Failure("auth", status)
-    if status >= 500 or status == 408:
+        return Failure("key_failed", status)
+    if blame == Blame.PROVIDER:
         return Failure("server", status)
     return Failure("rejected", status)
 
