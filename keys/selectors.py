@@ -77,7 +77,11 @@ PLATFORM = ROUTABLE & PLATFORM_KEY
 # Platform keys and exchange keys together (the platform route): ROUTABLE once, so that the database
 # scans the provider's keys once rather than once per kind.
 PLATFORM_OR_EXCHANGE = ROUTABLE & (PLATFORM_KEY | EXCHANGE_KEY)
-BYOK = ROUTABLE & Q(byok=True, is_platform=False)
+BYOK_KEY = Q(byok=True, is_platform=False)
+BYOK = ROUTABLE & BYOK_KEY
+# A member brought a BYOK key for the provider, whatever its state now (paused, exhausted, removed...):
+# with `byok_fallback` off, such a member is served by their own keys or not at all.
+BYOK_BROUGHT = BYOK_KEY
 
 
 def provider_key_pool_candidates() -> QuerySet[ProviderKey]:

@@ -50,6 +50,11 @@ NO_KEY = (
 RATE_LIMITED = "Too many requests for this API key. Slow down and retry after the Retry-After interval."
 UPSTREAM_RATE_LIMITED = "The provider is rate-limiting every available key for `{model}`."
 UPSTREAM_ERROR = "The provider returned an error (HTTP {status})."
+BYOK_UNAVAILABLE = (
+    "Your own {provider} key cannot serve this request now (paused, exhausted, failed, deactivated or removed),"
+    " and this API key does not fall back to platform keys (byok_fallback is off). Reactivate or add a key for"
+    " {provider}, or turn byok_fallback on."
+)
 UPSTREAM_REJECTED = (
     "The provider rejected the request (HTTP {status}): it is about this request (its parameters, its size or"
     " the model's context length), so no other key was tried. Check the parameters for this model."

@@ -136,6 +136,9 @@ _REFUSALS = {
         code="pool_provider_not_cleared"),
     Refusal.POOL_GATE: lambda row: GatewayError(
         403, errors.POOL_GATE, type="permission_error", code="pool_membership_required"),
+    Refusal.BYOK_UNAVAILABLE: lambda row: GatewayError(
+        503, errors.BYOK_UNAVAILABLE.format(provider=row.provider_slug), type="api_error",
+        code="byok_key_unavailable"),
     Refusal.MONTHLY_LIMIT: lambda row: _monthly_limit(),
     Refusal.INSUFFICIENT_BALANCE: lambda row: _insufficient_balance(),
 }

@@ -13,6 +13,7 @@ class Refusal:
     UNKNOWN_MODEL = "unknown_model"
     POOL_PROVIDER_NOT_CLEARED = "pool_provider_not_cleared"
     POOL_GATE = "pool_gate"
+    BYOK_UNAVAILABLE = "byok_unavailable"  # byok_fallback off, and the member's own key cannot serve
     MONTHLY_LIMIT = "monthly_limit"
     INSUFFICIENT_BALANCE = "insufficient_balance"  # not one completion token affordable
     NO_ACCOUNT = "no_account"  # not a refusal: the payer's account is made on first use, then again

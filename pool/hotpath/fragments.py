@@ -14,7 +14,7 @@ from accounts.models import ApiKey
 from exchange.models import PayoutRateRule
 from exchange.selectors import GLOBAL_RULE
 from keys.models import ProviderKey, ProviderModel
-from keys.selectors import BYOK, IN_POOL, PLATFORM, PLATFORM_OR_EXCHANGE, ROUTABLE_MODEL
+from keys.selectors import BYOK, BYOK_BROUGHT, IN_POOL, PLATFORM, PLATFORM_OR_EXCHANGE, ROUTABLE_MODEL
 from pool.hotpath.db import db_call
 from pool.models import RequestRecord
 
@@ -33,6 +33,7 @@ class Fragments:
     targets: tuple[str, tuple]
     pool_members: tuple[str, tuple]
     byok_keys: tuple[str, tuple]
+    byok_brought: tuple[str, tuple]
     global_rate: tuple[str, tuple]
     candidates: dict  # route -> (sql selecting keys_providerkey.id, params)
 
@@ -70,6 +71,10 @@ def _compile_fragments() -> Fragments:
         pool_members=_compiled(keys.filter(IN_POOL).values(g_user=F("owner_user_id"))),
         byok_keys=_compiled(
             keys.filter(BYOK).values(b_provider=F("provider_id"), b_user=F("owner_user_id"), b_org=F("owner_org_id"))
+        ),
+        byok_brought=_compiled(
+            keys.filter(BYOK_BROUGHT).values(
+                b_provider=F("provider_id"), b_user=F("owner_user_id"), b_org=F("owner_org_id"))
         ),
         global_rate=(global_rate_sql, tuple(global_rate_params)),
         candidates={

@@ -64,7 +64,7 @@ def plan_ctes(f: Fragments, q: Sql, *, fee_percent: Decimal, pool: bool) -> str:
     if pool:
         context += (
             f" EXISTS (SELECT 1 FROM ({q.fragment(f.pool_members)}) g WHERE g.g_user = c.c_user) AS pool_gate,"
-            " FALSE AS byok_ready, 0 AS byok_requests,"
+            " FALSE AS byok_ready, FALSE AS byok_strict, 0 AS byok_requests,"
         )
     else:
         context += (
@@ -72,6 +72,11 @@ def plan_ctes(f: Fragments, q: Sql, *, fee_percent: Decimal, pool: bool) -> str:
             f" FALSE AS pool_gate, EXISTS (SELECT 1 FROM ({q.fragment(f.byok_keys)}) b"
             " WHERE b.b_provider = t.t_provider"
             " AND CASE WHEN c.c_org IS NULL THEN b.b_user = c.c_user ELSE b.b_org = c.c_org END) AS byok_ready,"
+            # Strict BYOK (fall-back off): whether the caller brought a key for the provider in any state,
+            # read only for such callers.
+            f" CASE WHEN c.c_fallback THEN FALSE ELSE EXISTS (SELECT 1 FROM ({q.fragment(f.byok_brought)}) s"
+            " WHERE s.b_provider = t.t_provider"
+            " AND CASE WHEN c.c_org IS NULL THEN s.b_user = c.c_user ELSE s.b_org = c.c_org END) END AS byok_strict,"
             " COALESCE(CASE WHEN c.c_org IS NULL"
             " THEN (SELECT u.requests FROM billing_byokmonthlyusage u WHERE u.user_id = c.c_user AND u.month = a.month)"
             " ELSE (SELECT u.requests FROM billing_byokmonthlyusage u"
@@ -141,6 +146,8 @@ def plan_ctes(f: Fragments, q: Sql, *, fee_percent: Decimal, pool: bool) -> str:
         f" WHEN h.t_provider IS NULL THEN '{Refusal.UNKNOWN_MODEL}'"
         f" WHEN h.is_pool AND h.t_clearance <> '{cleared}' THEN '{Refusal.POOL_PROVIDER_NOT_CLEARED}'"
         f" WHEN h.is_pool AND NOT h.pool_gate THEN '{Refusal.POOL_GATE}'"
+        # Strict BYOK: the member's own key for the provider cannot serve, and the platform may not.
+        f" WHEN h.route = '{Route.PLATFORM}' AND h.byok_strict THEN '{Refusal.BYOK_UNAVAILABLE}'"
         f" WHEN h.route = '{Route.PLATFORM}' AND h.over_limit THEN '{Refusal.MONTHLY_LIMIT}'"
         # Not one completion token affordable: the limit's remainder or the balance is what binds.
         f" WHEN h.route = '{Route.PLATFORM}' AND h.model_cap > 0 AND h.cap < 1 THEN CASE"

@@ -105,6 +105,59 @@ def test_strict_byok_returns_the_upstream_error(world):
     assert_ledger_clean()
 
 
+def _unusable(key, how: str) -> None:
+    from keys.models import ProviderKey
+    from keys.services import provider_key_deactivate
+
+    if how == "removed":
+        provider_key_deactivate(key=key, actor=key.owner_user, remove=True)
+    else:
+        ProviderKey.objects.filter(pk=key.pk).update(status=how)
+
+
+@pytest.mark.parametrize("how", ["paused", "exhausted", "failed", "inactive", "removed"])
+def test_strict_byok_refuses_when_the_own_key_cannot_serve_and_never_bills_the_platform(world, how):
+    alice = world.member(byok_fallback=False)
+    own = world.key(owner=alice.user, byok=True)
+    platform_key = world.key()
+    _unusable(own, how)
+
+    with pytest.raises(APIStatusError) as raised:
+        _ask(alice, world.url)
+
+    assert raised.value.status_code == 503
+    assert raised.value.body["code"] == "byok_key_unavailable"
+    assert "byok_fallback" in raised.value.body["message"]
+    assert world.fake.count(key=platform_key.secret, path="/chat/completions") == 0
+    assert main(alice.user) == SIGNUP
+    assert not RequestRecord.objects.exists()  # refused before anything was held or tried
+    assert_ledger_clean()
+
+
+def test_with_fall_back_on_a_paused_own_key_leaves_the_platform_to_serve(world):
+    alice = world.member()  # byok_fallback on
+    own = world.key(owner=alice.user, byok=True)
+    world.key()
+    _unusable(own, "paused")
+
+    headers, answer = _ask(alice, world.url)
+
+    assert headers["x-headroom-route"] == "platform"
+    assert main(alice.user) == SIGNUP - COST
+    assert_ledger_clean()
+
+
+def test_strict_byok_without_any_own_key_for_the_provider_is_served_by_the_platform(world):
+    alice = world.member(byok_fallback=False)  # strict, but brought no key for this provider
+    world.key()
+
+    headers, _ = _ask(alice, world.url)
+
+    assert headers["x-headroom-route"] == "platform"
+    assert main(alice.user) == SIGNUP - COST
+    assert_ledger_clean()
+
+
 def test_fall_back_needs_funds(world):
     alice = world.member()
     own = world.key(owner=alice.user, byok=True)
