@@ -68,7 +68,11 @@ def pool_consent_for_user(*, user: User, version: str) -> PoolConsent | None:
 
 # The rules for which keys may serve, as Q objects so that the gateway's pick can combine them in
 # one statement (platform keys OR exchange keys) without subqueries.
-ROUTABLE = Q(status=Status.ACTIVE, provider__is_active=True) & ~Q(secret_ciphertext="")
+# A member's key serves only while the member is active: deactivating (banning) a member takes their
+# donated, listed and BYOK keys off every route at once. (A platform key has no owner; an organization's
+# keys follow the organization, which has no deactivation of its own.)
+OWNER_ACTIVE = Q(owner_user__isnull=True) | Q(owner_user__is_active=True)
+ROUTABLE = Q(status=Status.ACTIVE, provider__is_active=True) & ~Q(secret_ciphertext="") & OWNER_ACTIVE
 IN_POOL = ROUTABLE & Q(donate_to_pool=True, is_platform=False, provider__pool_clearance=Provider.PoolClearance.CLEARED)
 EXCHANGE_KEY = Q(exchange=True, is_platform=False)
 PLATFORM_KEY = Q(is_platform=True)

@@ -3,6 +3,7 @@
 from decimal import Decimal
 
 import pytest
+from openai import APIStatusError
 
 from billing.models import BalanceHold, ByokMonthlyUsage
 from core.money import percent_of
@@ -146,7 +147,6 @@ def test_platform_only_leaves_exchange_keys_out(world):
     bob = world.member()
     world.key(owner=bob.user, exchange=True)
     alice = world.member(key_pool_mode="platformOnly")
-    from openai import APIStatusError
 
     with pytest.raises(APIStatusError) as raised:
         _chat(alice, world.url)
@@ -274,4 +274,34 @@ def test_the_hold_follows_the_model_price_in_force_and_the_route(world):
     own = world.key(owner=alice.user, byok=True)
     assert held_for(own.secret) is None  # BYOK within the free tier reserves nothing
     assert not BalanceHold.objects.exists()
+    assert_ledger_clean()
+
+
+def test_a_deactivated_members_keys_leave_every_route_at_once(world):
+    # given a member whose donated key serves the pool and whose listed key serves the platform route
+    banned = world.member()
+    donated = world.key(owner=banned.user, donate_to_pool=True)
+    listed = world.key(owner=banned.user, exchange=True)
+    alice = world.member()
+    world.key(owner=alice.user, donate_to_pool=True)  # alice's pass to the pool
+    client = alice.client(world.url)
+    pool_answer = client.chat.completions.with_raw_response.create(model=POOL_MODEL_ID, messages=PROMPT)
+    platform_answer = client.chat.completions.with_raw_response.create(model=MODEL_ID, messages=PROMPT)
+    assert (pool_answer.headers["x-headroom-route"], platform_answer.headers["x-headroom-route"]) == ("pool", "exchange")
+
+    # when an operator deactivates the member (the admin's "active" box)
+    banned.user.is_active = False
+    banned.user.save(update_fields=["is_active"])
+    platform_key = world.key()
+
+    # then neither key serves again: the pool has no other donor, the platform route takes a platform key
+    with pytest.raises(APIStatusError) as raised:
+        client.chat.completions.create(model=POOL_MODEL_ID, messages=PROMPT)
+    assert (raised.value.status_code, raised.value.body["code"]) == (503, "no_key_available")
+    for _ in range(3):
+        answer = client.chat.completions.with_raw_response.create(model=MODEL_ID, messages=PROMPT)
+        assert answer.headers["x-headroom-route"] == "platform"
+    served = set(RequestRecord.objects.filter(outcome="succeeded").values_list("provider_key_id", flat=True))
+    assert served == {donated.pk, listed.pk, platform_key.pk}
+    assert RequestRecord.objects.filter(provider_key_id__in=[donated.pk, listed.pk]).count() == 2
     assert_ledger_clean()
