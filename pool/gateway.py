@@ -302,6 +302,7 @@ async def _begin(
         upstream_path=path,
         upstream_body=orjson.dumps(body),
         prompt_estimate=prompt_estimate,
+        completion_bound=choices * begun.plan.cap if max_tokens != 0 else 0,
         platform_only=platform_only,
     )
     return call, begun.plan, first_key

@@ -10,7 +10,6 @@ charged, whether BYOK) goes out after it, on the usage object.
 
 import asyncio
 import contextlib
-import math
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -48,12 +47,38 @@ class Call:
     upstream_path: str
     upstream_body: bytes
     prompt_estimate: int
+    completion_bound: int  # n × the cap forwarded: the most output the provider could generate
     platform_only: bool
 
 
-def text_tokens(text_length: int) -> int:
-    """A generous token estimate for reserving funds and for usage a provider did not report."""
-    return math.ceil(text_length / 3)
+# The fields of a message (JSON answer) or delta (stream event) whose text the model generated.
+GENERATED_TEXT = ("content", "reasoning_content", "reasoning", "refusal")
+
+
+def generated_bytes(message: dict) -> int:
+    """The UTF-8 bytes of what the model generated in a message or a delta: its text of every kind
+    (answer, reasoning, refusal) and its tool calls' names and arguments.
+
+    Counted when a provider reports no usage (a cut or cancelled stream, an answer without `usage`):
+    one token per byte is an upper bound of the tokens delivered for every byte-level tokenizer, as for
+    the prompt (README "Money integrity"), so the platform never pays for output it did not charge.
+    It is bounded by what the provider could generate at all (`Call.completion_bound`, held for); a
+    provider's own usage, when it comes, wins."""
+    total = 0
+    for name in GENERATED_TEXT:
+        text = message.get(name)
+        if isinstance(text, str):
+            total += len(text.encode("utf-8", "surrogatepass"))
+    calls = message.get("tool_calls")
+    if isinstance(calls, list):
+        for call in calls:
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(function, dict):
+                for name in ("name", "arguments"):
+                    text = function.get(name)
+                    if isinstance(text, str):
+                        total += len(text.encode("utf-8", "surrogatepass"))
+    return total
 
 
 def settlement_of(call: Call, key, outcome: str, usage: Usage, **extra) -> Settlement:
@@ -105,9 +130,9 @@ async def relay_json(call: Call, key: PickedKey, response, first: bytes, ttfb_ms
         completion = 0
         if isinstance(data, dict):
             for choice in data.get("choices") or []:
-                content = (choice.get("message") or {}).get("content") if isinstance(choice, dict) else None
-                completion += text_tokens(len(content)) if isinstance(content, str) else 0
-        usage = Usage(call.prompt_estimate, completion, estimated=True)
+                message = choice.get("message") if isinstance(choice, dict) else None
+                completion += generated_bytes(message) if isinstance(message, dict) else 0
+        usage = Usage(call.prompt_estimate, min(completion, call.completion_bound), estimated=True)
     else:
         outcome = Outcome.SUCCEEDED
     receipt = await asyncio.shield(request_settle(s=settlement_of(
@@ -127,8 +152,7 @@ async def relay_json(call: Call, key: PickedKey, response, first: bytes, ttfb_ms
 class StreamState:
     usage: Usage | None = None
     usage_chunk: dict | None = None
-    content_chars: int = 0
-    content_chunks: int = 0
+    generated: int = 0  # bytes of generated text relayed (generated_bytes of every delta)
     saw_done: bool = False
 
 
@@ -158,8 +182,7 @@ async def relay_stream(call: Call, key: PickedKey, response, first: bytes, ttfb_
     finally:
         watcher.cancel()
         usage = state.usage or Usage(
-            call.prompt_estimate, max(state.content_chunks, text_tokens(state.content_chars)), estimated=True
-        )
+            call.prompt_estimate, min(state.generated, call.completion_bound), estimated=True)
         receipt = await asyncio.shield(request_settle(s=settlement_of(
             call, key, outcome, usage, upstream_status=200, ttfb_ms=ttfb_ms,
             error_code="" if outcome == Outcome.SUCCEEDED else outcome,
@@ -221,7 +244,7 @@ async def _pump(call: Call, response, first: bytes, state: StreamState, send) ->
 
 
 def _inspect(event: bytes, state: StreamState, call: Call) -> bytes | None:
-    """Look at one event: capture usage, count content, hide what the client did not ask for."""
+    """Look at one event: capture usage, count what was generated, hide what the client did not ask for."""
     data = sse.event_data(event)
     if data is None:
         return event + b"\n\n"  # a comment: pass it on
@@ -246,10 +269,8 @@ def _inspect(event: bytes, state: StreamState, call: Call) -> bytes | None:
         return None  # the usage chunk goes out after settlement, with the cost, if asked for
     for choice in choices or []:
         delta = choice.get("delta") if isinstance(choice, dict) else None
-        content = delta.get("content") if isinstance(delta, dict) else None
-        if isinstance(content, str) and content:
-            state.content_chunks += 1
-            state.content_chars += len(content)
+        if isinstance(delta, dict):
+            state.generated += generated_bytes(delta)
     if usage is not None and not call.client_wants_usage:
         payload.pop("usage", None)
         return sse.encode(payload)

@@ -138,6 +138,7 @@ class Profile:
     dialect: Dialect | None = None
     realistic: bool | None = None
     answer: tuple | None = None
+    usage: bool | None = None  # False: answers of the scripted ``answer`` carry no usage
 
 
 @dataclass
@@ -326,6 +327,7 @@ class FakeProvider:
         dialect: str | Dialect | None = None,
         billing: str | None = None,
         answer: list | tuple | None = None,
+        usage: bool | None = None,
     ) -> None:
         """Script how requests with ``key`` are answered.
 
@@ -345,7 +347,8 @@ class FakeProvider:
         model's ``max_output_tokens``); ``answer``, the events of every choice as ``(kind, count)``
         segments — kinds ``content``, ``reasoning_content``, ``refusal``, ``tool_calls`` (one tool call
         per segment, optionally ``("tool_calls", count, name)``), one completion token per event, cut
-        at the cap with ``finish_reason: "length"``.
+        at the cap with ``finish_reason: "length"``; ``usage=False``, JSON answers of that ``answer``
+        without a ``usage`` object.
         """
         if retry_after is not None and status is None and error is None:
             status = 429
@@ -360,12 +363,13 @@ class FakeProvider:
                 raise ValueError(f"dialect {effective.name!r} has no documented body for {error!r}")
         fault = Fault(status, retry_after, first_byte_delay, cut_stream_after, malformed_balance, times, error)
         with self._lock:
-            if new_dialect is not None or new_realistic is not None or new_answer is not None:
+            if new_dialect is not None or new_realistic is not None or new_answer is not None or usage is not None:
                 old_profile = self._state.profiles.get(key, Profile())
                 self._state.profiles[key] = Profile(
                     dialect=new_dialect or old_profile.dialect,
                     realistic=old_profile.realistic if new_realistic is None else new_realistic,
                     answer=old_profile.answer if new_answer is None else new_answer,
+                    usage=old_profile.usage if usage is None else usage,
                 )
             if fault.active and (times is None or times > 0):
                 self._state.faults[key] = fault
@@ -602,7 +606,8 @@ class FakeProvider:
             choices = [(wire.message_of(deltas), finish)] * n
             return _json(200, wire.chat_completion_choices(rid=rid, model=model, created=created, choices=choices,
                                                            prompt_tokens=prompt_tokens,
-                                                           completion_tokens=n * len(deltas)))
+                                                           completion_tokens=n * len(deltas),
+                                                           with_usage=profile.usage is not False))
         return await self._stream(request, rid, model, created, body, fault, _interleaved([deltas] * n),
                                   [(finish, not deltas)] * n, prompt_tokens, billed, record)
 

@@ -167,23 +167,25 @@ def message_of(deltas: list[dict]) -> dict:
 
 def chat_completion_choices(
     *, rid: str, model: str, created: int, choices: list[tuple[dict, str]], prompt_tokens: int,
-    completion_tokens: int,
+    completion_tokens: int, with_usage: bool = True,
 ) -> bytes:
-    """A chat completion with one choice per ``(message, finish_reason)``."""
-    return dumps(
-        {
-            "id": rid,
-            "object": "chat.completion",
-            "created": created,
-            "model": model,
-            "choices": [
-                {"index": i, "message": message, "logprobs": None, "finish_reason": finish}
-                for i, (message, finish) in enumerate(choices)
-            ],
-            "usage": usage(prompt_tokens, completion_tokens),
-            "system_fingerprint": "fp_fake",
-        }
-    )
+    """A chat completion with one choice per ``(message, finish_reason)`` (``with_usage=False``: no
+    ``usage`` object, as some OpenAI-compatible servers answer)."""
+    body = {
+        "id": rid,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {"index": i, "message": message, "logprobs": None, "finish_reason": finish}
+            for i, (message, finish) in enumerate(choices)
+        ],
+        "usage": usage(prompt_tokens, completion_tokens),
+        "system_fingerprint": "fp_fake",
+    }
+    if not with_usage:
+        del body["usage"]
+    return dumps(body)
 
 
 def sse(obj: dict) -> bytes:

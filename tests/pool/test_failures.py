@@ -157,7 +157,9 @@ def test_client_disconnect_mid_stream_settles_once_and_cancels_the_upstream_call
     record = RequestRecord.objects.get()
     assert record.outcome == "cancelled"
     assert record.usage_estimated is True
-    assert 2 <= record.completion_tokens < 20
+    # the two events read, and more relayed before the gateway saw the client leave: their bytes, an
+    # upper bound of their tokens, never the whole 20-chunk answer's 109
+    assert 2 <= record.completion_tokens < 109
     assert time.monotonic() - started < 3.5  # the gateway stopped reading: the upstream call was cancelled
     assert main(alice.user) == SIGNUP - record.charged
     assert record.charged == record.cost > 0  # delivered tokens are paid for
