@@ -1,18 +1,12 @@
-"""allauth hooks: the one place sign-up calls into Headroom's services."""
+"""allauth hooks: the one place sign-up and verification call into Headroom's services."""
 
 from allauth.account.adapter import DefaultAccountAdapter
 from django.db import transaction
 
-from accounts.services import user_signup_complete
-
 
 class AccountAdapter(DefaultAccountAdapter):
-    def save_user(self, request, user, form, commit=True):
-        if not commit:
-            return super().save_user(request, user, form, commit=False)
-        # The user and their signup credit commit together or not at all; the
-        # grant is idempotent per user, so a repeated hook cannot pay twice.
+    def confirm_email(self, request, email_address) -> bool:
+        # allauth sends `email_confirmed` (accounts.receivers: the welcome) from inside this call: the
+        # verified address and the signup credit commit together or not at all.
         with transaction.atomic():
-            user = super().save_user(request, user, form, commit=True)
-            user_signup_complete(user=user)
-        return user
+            return super().confirm_email(request, email_address)

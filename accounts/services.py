@@ -4,12 +4,13 @@ import hashlib
 import secrets
 from datetime import timedelta
 
+from allauth.account.models import EmailAddress
 from django.db import transaction
 from django.utils import timezone
 from django.utils.text import slugify
 
 from accounts.models import ApiKey, Membership, Organization, User
-from accounts.signals import user_signed_up
+from accounts.signals import user_email_verified
 from core.errors import ServiceError
 
 API_KEY_PREFIX = "hr-"
@@ -29,19 +30,24 @@ def api_key_hash(raw_key: str) -> str:
     return hashlib.sha256(raw_key.encode()).hexdigest()
 
 
-def user_signup_complete(*, user: User) -> None:
-    """Everything a new account gets, from the apps above accounts (billing: the signup credit, once).
+def user_email_verified_complete(*, user: User) -> None:
+    """What a member gets once they have proven an e-mail address, from the apps above accounts
+    (billing: the signup credit, once per user however many addresses they verify).
 
-    Caller holds the transaction that created `user`, so a refused welcome undoes the sign-up.
+    Runs in the caller's transaction when there is one, so a refused welcome undoes the verification.
     """
-    user_signed_up.send(sender=User, user=user)
+    user_email_verified.send(sender=User, user=user)
 
 
-def user_create(*, email: str, password: str | None = None, **extra) -> User:
-    """Create a user outside the sign-up form (operators, demo data) with the same welcome."""
+def user_create(*, email: str, password: str | None = None, verified: bool = False, **extra) -> User:
+    """Create a user outside the sign-up form (operators, demo data). `verified=True` vouches for the
+    address as the admin's "mark verified" does, and so grants the welcome; otherwise the member proves
+    it at first login like anyone who signed up."""
     with transaction.atomic():
         user = User.objects.create_user(email=email, password=password, **extra)
-        user_signup_complete(user=user)
+        if verified:
+            EmailAddress.objects.create(user=user, email=user.email, verified=True, primary=True)
+            user_email_verified_complete(user=user)
     return user
 
 

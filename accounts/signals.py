@@ -2,6 +2,8 @@
 
 from django.dispatch import Signal
 
-# Sent with `user=` once a new account exists, inside the transaction that created it: a receiver that
-# raises undoes the sign-up. Receivers must be idempotent (the allauth hook may run twice).
-user_signed_up = Signal()
+# Sent with `user=` each time one of a user's e-mail addresses is verified (allauth's code or link, the
+# admin's "mark verified", `user_create(verified=True)`), inside the transaction that verified it when
+# there is one. Receivers must be idempotent: a member may verify a second address, submit a code twice,
+# or race two confirmations.
+user_email_verified = Signal()

@@ -647,8 +647,6 @@ def django_setup(providers: dict[str, str]) -> None:
     import django
 
     django.setup()
-    from allauth.account.models import EmailAddress
-
     from accounts.services import api_key_create, user_create
     from billing.models import Account, LedgerTransaction
     from core.money import parse_usd
@@ -670,8 +668,7 @@ def django_setup(providers: dict[str, str]) -> None:
         key.refresh_from_db()
         if key.status != ProviderKey.Status.ACTIVE:
             raise SystemExit(f"platform key for {slug} is {key.status}, not ACTIVE: {key.last_error}")
-    user = user_create(email="bench@example.com")
-    EmailAddress.objects.create(user=user, email=user.email, verified=True, primary=True)
+    user = user_create(email="bench@example.com", verified=True)
     ledger_transfer(
         source=platform_account(Account.Kind.ADJUSTMENTS),
         destination=account_for_owner(owner=user, kind=Account.Kind.MAIN),

@@ -6,8 +6,8 @@ class BillingConfig(AppConfig):
     verbose_name = "Billing and ledger"
 
     def ready(self) -> None:
-        from accounts.signals import user_signed_up
-        from billing.receivers import signup_credit_on_signup
+        from accounts.signals import user_email_verified
+        from billing.receivers import signup_credit_on_email_verified
 
         # accounts sits below billing and may not call it: billing listens instead.
-        user_signed_up.connect(signup_credit_on_signup, dispatch_uid="billing-signup-credit")
+        user_email_verified.connect(signup_credit_on_email_verified, dispatch_uid="billing-signup-credit")

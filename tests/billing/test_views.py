@@ -8,8 +8,8 @@ pytestmark = pytest.mark.django_db
 
 
 def test_the_dashboard_shows_the_new_members_signup_credit(client):
-    # given a member just created, so granted the signup credit through accounts' signal
-    member = user_create(email="new@example.com", password="x-long-password-1")
+    # given a member just created with a vouched-for address, so granted the signup credit
+    member = user_create(email="new@example.com", password="x-long-password-1", verified=True)
     client.force_login(member)
     # when they open the dashboard
     page = client.get("/dashboard/").content.decode()

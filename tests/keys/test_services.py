@@ -140,7 +140,7 @@ def test_donating_needs_consent_once_and_records_who_when_and_which_text():
 
 
 def test_donating_needs_a_verified_email():
-    user = UserFactory()
+    user = UserFactory(verified=False)
     with pytest.raises(ProviderKeyError, match="verified e-mail required") as refused:
         _create(user, ProviderFactory(), new_secret(), donate_to_pool=True, consent=True)
     assert refused.value.code == "email_unverified"

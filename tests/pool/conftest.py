@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import pytest
 import uvicorn
-from allauth.account.models import EmailAddress
 from openai import OpenAI
 
 from accounts.services import api_key_create
@@ -102,7 +101,6 @@ class World:
 
     def member(self, **api_key_options) -> Member:
         user = UserFactory()
-        EmailAddress.objects.create(user=user, email=user.email, verified=True, primary=True)
         _, raw = api_key_create(user=user, name="test", **api_key_options)
         return Member(user=user, api_key=raw)
 

@@ -4,7 +4,6 @@ Refuses to run with DEBUG off, so a production database never gets an account
 with a published password.
 """
 
-from allauth.account.models import EmailAddress
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
@@ -21,10 +20,6 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         if not settings.DEBUG:
             raise CommandError("seed_demo only runs with DEBUG on: it creates an account with a published password.")
-        user = User.objects.filter(email=DEMO_EMAIL).first()
-        if user is None:
-            user = user_create(email=DEMO_EMAIL, password=DEMO_PASSWORD)
-        EmailAddress.objects.update_or_create(
-            user=user, email=DEMO_EMAIL, defaults={"verified": True, "primary": True}
-        )
+        if not User.objects.filter(email=DEMO_EMAIL).exists():
+            user_create(email=DEMO_EMAIL, password=DEMO_PASSWORD, verified=True)
         self.stdout.write(f"demo member: {DEMO_EMAIL} / {DEMO_PASSWORD}")
