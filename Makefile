@@ -37,7 +37,7 @@ serve:
 	$(PY) manage.py refresh_prices
 	$(PY) manage.py seed_demo
 	@echo "Headroom on http://$(HOST):$(PORT)  (dashboard /, management API /api/v1, gateway /v1)"
-	DJANGO_SETTINGS_MODULE=$${DJANGO_SETTINGS_MODULE:-config.settings.local} exec $(VENV)/bin/uvicorn config.asgi:application --host $(HOST) --port $(PORT) --lifespan on
+	DJANGO_SETTINGS_MODULE=$${DJANGO_SETTINGS_MODULE:-config.settings.local} exec $(VENV)/bin/uvicorn config.asgi:application --host $(HOST) --port $(PORT) --lifespan on --no-access-log
 
 # A fresh test database on the embedded PostgreSQL (or on DATABASE_URL), and a private Redis unless
 # REDIS_URL names one.

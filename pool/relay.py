@@ -11,7 +11,7 @@ charged, whether BYOK) goes out after it, on the usage object.
 import asyncio
 import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import aiohttp
@@ -45,7 +45,7 @@ class Call:
     stream: bool
     client_wants_usage: bool
     upstream_path: str
-    upstream_body: bytes
+    upstream_body: bytes = field(repr=False)  # the prompt: never in a repr, log or trace
     prompt_estimate: int
     completion_bound: int  # n × the cap forwarded: the most output the provider could generate
     platform_only: bool

@@ -12,7 +12,7 @@ replayed settlement) run ORM code in a worker thread (pool.hotpath.db.db_call).
 """
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from datetime import timezone as dt_timezone
 from decimal import Decimal
@@ -74,7 +74,7 @@ class Plan:
 @dataclass(frozen=True)
 class PickedKey:
     key_id: int
-    secret: str
+    secret: str = field(repr=False)  # decrypted for the upstream call alone: never in a repr, log or trace
     route: str  # pool, byok, platform or exchange
     owner_user_id: int | None
     owner_org_id: int | None
