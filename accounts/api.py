@@ -6,12 +6,15 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.models import ApiKey
+from accounts.permissions import api_key_of
 from accounts.selectors import api_key_get_for_user, api_key_list
 from accounts.serializers import ApiKeyCreatedSerializer, ApiKeySerializer
 from accounts.services import api_key_create, api_key_revoke
 
 
 class ApiKeyListCreateApi(APIView):
+    api_key_scopes = {"read": ApiKey.Scope.READ, "write": ApiKey.Scope.KEYS}
     @extend_schema(responses=ApiKeySerializer(many=True), summary="List your gateway API keys")
     def get(self, request: Request) -> Response:
         return Response(ApiKeySerializer(api_key_list(user=request.user), many=True).data)
@@ -24,12 +27,13 @@ class ApiKeyListCreateApi(APIView):
     def post(self, request: Request) -> Response:
         serializer = ApiKeySerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        api_key, raw = api_key_create(user=request.user, **serializer.validated_data)
+        api_key, raw = api_key_create(user=request.user, granted_by=api_key_of(request), **serializer.validated_data)
         api_key.key = raw
         return Response(ApiKeyCreatedSerializer(api_key).data, status=status.HTTP_201_CREATED)
 
 
 class ApiKeyDetailApi(APIView):
+    api_key_scopes = {"read": ApiKey.Scope.READ, "write": ApiKey.Scope.KEYS}
     @extend_schema(responses=ApiKeySerializer, summary="One of your gateway API keys")
     def get(self, request: Request, key_id: int) -> Response:
         return Response(ApiKeySerializer(api_key_get_for_user(user=request.user, key_id=key_id)).data)

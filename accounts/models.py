@@ -6,6 +6,7 @@ hash plus a short display prefix: the key itself is shown once, at creation.
 """
 
 from django.contrib.auth.models import AbstractUser, BaseUserManager
+from django.contrib.postgres.fields import ArrayField
 from django.db import models
 from django.db.models import Q
 
@@ -76,7 +77,21 @@ class Membership(models.Model):
         return f"{self.user} in {self.organization} ({self.role})"
 
 
+class ApiKeyScope(models.TextChoices):
+    GATEWAY = "gateway", "Gateway: call /v1"
+    READ = "read", "Read: the management API's GETs"
+    KEYS = "keys", "Keys: create and revoke API keys, add and change provider keys"
+    MONEY = "money", "Money: convert frozen balance to main (never withdraw)"
+
+
+def gateway_only() -> list[str]:
+    """A new API key's scopes: the gateway alone (a key pasted into an SDK config cannot manage anything)."""
+    return [ApiKeyScope.GATEWAY]
+
+
 class ApiKey(models.Model):
+    Scope = ApiKeyScope
+
     class PoolMode(models.TextChoices):
         ANY = "any", "Any key (platform and exchange)"
         PLATFORM_ONLY = "platformOnly", "Platform keys only"
@@ -103,11 +118,18 @@ class ApiKey(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    scopes = ArrayField(
+        models.CharField(max_length=16, choices=Scope.choices), default=gateway_only,
+        help_text="What the key may do. Withdrawals are never an API key's: they need a recent sign-in.",
+    )
 
     class Meta:
         constraints = [
             models.CheckConstraint(
                 condition=Q(monthly_limit__isnull=True) | Q(monthly_limit__gte=0), name="api_key_limit_not_negative"
+            ),
+            models.CheckConstraint(
+                condition=Q(scopes__contained_by=ApiKeyScope.values), name="api_key_scopes_known"
             ),
         ]
 

@@ -2,7 +2,7 @@
 
 import re
 
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.http import Http404
 
 from accounts.models import ApiKey, Organization, User
@@ -11,6 +11,9 @@ from accounts.services import api_key_hash
 # "hr-" + 43 URL-safe base64 characters (32 random bytes). Anything else is
 # refused before it is hashed or looked up.
 API_KEY_PATTERN = re.compile(r"hr-[A-Za-z0-9_-]{43}")
+
+# The keys that may call the gateway (/v1): unrevoked, of an active member, with the `gateway` scope.
+GATEWAY_CALLER = Q(revoked_at__isnull=True, user__is_active=True, scopes__contains=[ApiKey.Scope.GATEWAY])
 
 
 def api_key_get_by_raw(raw_key: str) -> ApiKey | None:

@@ -27,6 +27,10 @@ class ApiKeySerializer(serializers.ModelSerializer):
     monthly_limit = UsdAmountField(required=False, allow_null=True)
     key_pool_mode = serializers.ChoiceField(choices=ApiKey.PoolMode.choices, default=ApiKey.PoolMode.ANY)
     byok_fallback = serializers.BooleanField(default=True)
+    scopes = serializers.ListField(
+        child=serializers.ChoiceField(choices=ApiKey.Scope.choices), required=False, max_length=len(ApiKey.Scope),
+        help_text="What the key may do; default [\"gateway\"]. Withdrawals are never an API key's.",
+    )
 
     class Meta:
         model = ApiKey
@@ -34,6 +38,7 @@ class ApiKeySerializer(serializers.ModelSerializer):
             "id",
             "name",
             "prefix",
+            "scopes",
             "key_pool_mode",
             "byok_fallback",
             "monthly_limit",

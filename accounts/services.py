@@ -9,7 +9,7 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.text import slugify
 
-from accounts.models import ApiKey, Membership, Organization, User
+from accounts.models import ApiKey, Membership, Organization, User, gateway_only
 from accounts.signals import user_email_verified
 from core.errors import ServiceError
 
@@ -20,6 +20,7 @@ LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 ORG_NOT_A_MEMBER = "You are not a member of that organization."
 ORG_OWNER_REQUIRED = "Only an organization's owners can do that."
+API_KEY_SCOPES_BEYOND_MAKER = "An API key cannot create a key with scopes it does not have itself ({missing})."
 
 
 class AccountsError(ServiceError):
@@ -59,8 +60,18 @@ def api_key_create(
     byok_fallback: bool = True,
     monthly_limit: int | None = None,
     organization: Organization | None = None,
+    scopes: list[str] | None = None,
+    granted_by: ApiKey | None = None,
 ) -> tuple[ApiKey, str]:
-    """Create a gateway API key; returns it with the raw key, which is never stored or shown again."""
+    """Create a gateway API key; returns it with the raw key, which is never stored or shown again.
+
+    `scopes` defaults to the gateway alone. A key made by another API key (`granted_by`, one with the
+    `keys` scope) gets no scope its maker lacks, so a leaked key cannot mint a stronger one."""
+    scopes = sorted(set(scopes if scopes is not None else gateway_only()))
+    if granted_by is not None and not set(scopes) <= set(granted_by.scopes):
+        missing = ", ".join(sorted(set(scopes) - set(granted_by.scopes)))
+        raise AccountsError(API_KEY_SCOPES_BEYOND_MAKER.format(missing=missing), code="scope_escalation",
+                            status_code=403)
     if organization is not None and not Membership.objects.filter(organization=organization, user=user).exists():
         raise AccountsError(ORG_NOT_A_MEMBER, code="not_a_member", status_code=403)
     raw = API_KEY_PREFIX + secrets.token_urlsafe(API_KEY_RANDOM_BYTES)
@@ -73,8 +84,21 @@ def api_key_create(
         key_pool_mode=key_pool_mode,
         byok_fallback=byok_fallback,
         monthly_limit=monthly_limit,
+        scopes=scopes,
     )
     return api_key, raw
+
+
+LEGACY_SCOPES = (ApiKey.Scope.GATEWAY, ApiKey.Scope.READ, ApiKey.Scope.KEYS, ApiKey.Scope.MONEY)
+
+
+def api_keys_grant_legacy_scopes(*, made_before, dry_run: bool = False) -> int:
+    """Give unrevoked keys made before `made_before` every scope (what keys could do before scopes
+    existed); returns how many keys that is. Withdrawals stay a signed-in session's."""
+    keys = ApiKey.objects.filter(created_at__lt=made_before, revoked_at__isnull=True)
+    if dry_run:
+        return keys.count()
+    return keys.update(scopes=list(LEGACY_SCOPES))
 
 
 def api_key_revoke(*, api_key: ApiKey) -> ApiKey:

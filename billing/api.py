@@ -6,6 +6,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.models import ApiKey
 from core.money import usd_str
 from billing.selectors import balances_for_owner
 
@@ -21,6 +22,7 @@ class MeSerializer(serializers.Serializer):
 
 
 class MeApi(APIView):
+    api_key_scopes = {"read": ApiKey.Scope.READ}
     @extend_schema(responses=MeSerializer, summary="The signed-in user and their balances")
     def get(self, request: Request) -> Response:
         balances = balances_for_owner(owner=request.user)

@@ -6,6 +6,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.models import ApiKey
 from core.money import usd_str
 from core.masking import masked_tail
 from exchange.selectors import (
@@ -73,6 +74,7 @@ def earnings_for(user) -> dict:
 
 
 class RatesApi(APIView):
+    api_key_scopes = {"read": ApiKey.Scope.READ}
     @extend_schema(
         responses=RatesSerializer,
         summary="Your effective payout rate per exchange provider and task (0% shows as Disabled)",
@@ -82,12 +84,14 @@ class RatesApi(APIView):
 
 
 class EarningsApi(APIView):
+    api_key_scopes = {"read": ApiKey.Scope.READ}
     @extend_schema(responses=EarningsSerializer, summary="Your exchange earnings per provider key")
     def get(self, request: Request) -> Response:
         return Response(earnings_for(request.user))
 
 
 class DailyEarningsApi(APIView):
+    api_key_scopes = {"read": ApiKey.Scope.READ}
     @extend_schema(
         responses=DailyEarningsSerializer(many=True),
         parameters=[OpenApiParameter("key", int, description="Only this provider key.")],

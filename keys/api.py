@@ -14,7 +14,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.models import Organization
+from accounts.models import ApiKey, Organization
 from core.exceptions import ApiError
 from keys.selectors import (
     pool_consent_for_user,
@@ -54,6 +54,7 @@ def _detail(key, *, status_code: int = status.HTTP_200_OK) -> Response:
 
 @method_decorator(sensitive_post_parameters("secret"), name="dispatch")
 class ProviderKeyListCreateApi(APIView):
+    api_key_scopes = {"read": ApiKey.Scope.READ, "write": ApiKey.Scope.KEYS}
     @extend_schema(responses=ProviderKeySerializer(many=True), summary="List your provider keys")
     def get(self, request: Request) -> Response:
         keys = provider_key_list_for_user(user=request.user)
@@ -86,6 +87,7 @@ class ProviderKeyListCreateApi(APIView):
 
 
 class ProviderKeyDetailApi(APIView):
+    api_key_scopes = {"read": ApiKey.Scope.READ, "write": ApiKey.Scope.KEYS}
     @extend_schema(responses=ProviderKeyDetailSerializer, summary="One of your provider keys, with its history")
     def get(self, request: Request, key_id: int) -> Response:
         return _detail(provider_key_get_for_user(user=request.user, key_id=key_id))
@@ -122,12 +124,14 @@ def _owner_action(request: Request, key_id: int, service) -> Response:
 
 
 class ProviderKeyDeactivateApi(APIView):
+    api_key_scopes = {"write": ApiKey.Scope.KEYS}
     @extend_schema(request=None, responses=ProviderKeyDetailSerializer, summary="Deactivate a key (kept, not used)")
     def post(self, request: Request, key_id: int) -> Response:
         return _owner_action(request, key_id, provider_key_deactivate)
 
 
 class ProviderKeyRevalidateApi(APIView):
+    api_key_scopes = {"write": ApiKey.Scope.KEYS}
     @extend_schema(
         request=None, responses=ProviderKeyDetailSerializer, summary="Verify an exhausted or failed key again"
     )
@@ -136,12 +140,14 @@ class ProviderKeyRevalidateApi(APIView):
 
 
 class ProviderKeyReactivateApi(APIView):
+    api_key_scopes = {"write": ApiKey.Scope.KEYS}
     @extend_schema(request=None, responses=ProviderKeyDetailSerializer, summary="Resume a key paused by rate limits")
     def post(self, request: Request, key_id: int) -> Response:
         return _owner_action(request, key_id, provider_key_reactivate)
 
 
 class ProviderListApi(APIView):
+    api_key_scopes = {"read": ApiKey.Scope.READ}
     @extend_schema(
         responses=ProviderSerializer(many=True),
         summary="Providers, their pool clearance, and whether you may list their keys on the exchange",
@@ -156,6 +162,7 @@ class ProviderListApi(APIView):
 
 
 class PoolConsentApi(APIView):
+    api_key_scopes = {"read": ApiKey.Scope.READ}
     @extend_schema(responses=PoolConsentSerializer, summary="The pool terms, and whether you accepted them")
     def get(self, request: Request) -> Response:
         consent = pool_consent_for_user(user=request.user, version=POOL_CONSENT_VERSION)

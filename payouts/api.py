@@ -16,11 +16,13 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.models import Organization
+from accounts.models import ApiKey, Organization
+from accounts.permissions import ApiKeyScopes, RecentSignInToMoveMoneyOut
 from core.money import usd_str
 from billing.selectors import BillingOwner, balances_for_owner
 from core.idempotency import IDEMPOTENCY_HEADER, idempotent_response
@@ -107,6 +109,7 @@ class MoneyMovingApi(APIView):
 
 
 class ConversionListCreateApi(MoneyMovingApi):
+    api_key_scopes = {"read": ApiKey.Scope.READ, "write": ApiKey.Scope.MONEY}
     @extend_schema(
         responses=ConversionSerializer(many=True),
         parameters=[ORGANIZATION_PARAMETER],
@@ -137,6 +140,8 @@ class ConversionListCreateApi(MoneyMovingApi):
 
 
 class WithdrawalListCreateApi(MoneyMovingApi):
+    api_key_scopes = {"read": ApiKey.Scope.READ}  # never "write": withdrawing is a signed-in member's alone
+    permission_classes = [IsAuthenticated, ApiKeyScopes, RecentSignInToMoveMoneyOut]
     @extend_schema(
         responses=WithdrawalSerializer(many=True),
         parameters=[ORGANIZATION_PARAMETER],
@@ -168,6 +173,7 @@ class WithdrawalListCreateApi(MoneyMovingApi):
 
 
 class WithdrawalDetailApi(APIView):
+    api_key_scopes = {"read": ApiKey.Scope.READ}
     @extend_schema(
         responses=WithdrawalDetailSerializer,
         summary="One of your withdrawals (or an organization's you own), with its history",
@@ -178,6 +184,7 @@ class WithdrawalDetailApi(APIView):
 
 
 class WithdrawalNetworkListApi(APIView):
+    api_key_scopes = {"read": ApiKey.Scope.READ}
     @extend_schema(responses=WithdrawalNetworkSerializer(many=True), summary="Networks withdrawals are paid on")
     def get(self, request: Request) -> Response:
         return Response(WithdrawalNetworkSerializer(withdrawal_network_list(), many=True).data)

@@ -8,6 +8,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.models import ApiKey
 from core.money import usd_str
 from keys.models import ProviderKeyStats
 from keys.selectors import provider_key_get_for_user
@@ -68,6 +69,7 @@ class PoolSerializer(serializers.Serializer):
 
 
 class UsageApi(APIView):
+    api_key_scopes = {"read": ApiKey.Scope.READ}
     @extend_schema(
         parameters=[OpenApiParameter("limit", int, description=f"At most {MAX_USAGE_ROWS} (default 100)")],
         responses=RequestRecordSerializer(many=True),
@@ -83,6 +85,7 @@ class UsageApi(APIView):
 
 
 class KeyStatsApi(APIView):
+    api_key_scopes = {"read": ApiKey.Scope.READ}
     @extend_schema(responses=KeyStatsSerializer, summary="Aggregate counters of one of your provider keys, with a daily series")
     def get(self, request: Request, key_id: int) -> Response:
         key = provider_key_get_for_user(user=request.user, key_id=key_id)

@@ -24,7 +24,10 @@ def bad_request(message: str, *, param: str | None = None, code: str = "invalid_
     return GatewayError(400, message, param=param, code=code)
 
 
-UNAUTHENTICATED = "Missing or invalid API key. Send `Authorization: Bearer hr-…` with a Headroom API key."
+UNAUTHENTICATED = (
+    "Missing or invalid API key. Send `Authorization: Bearer hr-…` with a Headroom API key that has the "
+    "`gateway` scope."
+)
 NOT_JSON = "Send the request body as JSON with `Content-Type: application/json`."
 BODY_TOO_LARGE = "The request body is larger than {limit} bytes."
 MALFORMED_JSON = "The request body is not valid JSON."

@@ -92,8 +92,15 @@ def user(db):
     return UserFactory()
 
 
+def signed_in_client(user, password: str = "correct-horse-battery-staple") -> APIClient:
+    """A client signed in through allauth's login form, as a member on the dashboard is: its session
+    records a fresh sign-in, which moving money out needs (accounts.permissions)."""
+    client = APIClient()
+    response = client.post("/accounts/login/", {"login": user.email, "password": password})
+    assert response.status_code == 302, response.content[:500]
+    return client
+
+
 @pytest.fixture
 def authed_client(user) -> APIClient:
-    client = APIClient()
-    client.force_authenticate(user=user)
-    return client
+    return signed_in_client(user)

@@ -169,7 +169,11 @@ REST_FRAMEWORK = {
         "allauth.headless.contrib.rest_framework.authentication.XSessionTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # An API key may do only what its scopes allow (accounts.permissions: a view names them).
+    "DEFAULT_PERMISSION_CLASSES": [
+        "rest_framework.permissions.IsAuthenticated",
+        "accounts.permissions.ApiKeyScopes",
+    ],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_SCHEMA_CLASS": "core.schema.AutoSchema",
     # One error body for every endpoint: {"detail", "code"} (+ "fields" for validation errors).
@@ -219,6 +223,8 @@ LOGGING = {
 
 # --- Headroom -----------------------------------------------------------------
 HEADROOM_SIGNUP_CREDIT = "2.00"
+# A withdrawal needs a sign-in (or allauth reauthentication) this recent, in the session that asks.
+HEADROOM_MONEY_SIGN_IN_SECONDS = env.int("HEADROOM_MONEY_SIGN_IN_SECONDS", default=300)
 # How long an Idempotency-Key is remembered (seconds); a retry after that is a new request.
 HEADROOM_IDEMPOTENCY_KEY_TTL = env.int("HEADROOM_IDEMPOTENCY_KEY_TTL", default=24 * 60 * 60)
 

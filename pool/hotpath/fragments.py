@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from django.db.models import F, QuerySet
 
 from accounts.models import ApiKey
+from accounts.selectors import GATEWAY_CALLER
 from exchange.models import PayoutRateRule
 from exchange.selectors import GLOBAL_RULE
 from keys.models import ProviderKey, ProviderModel
@@ -54,7 +55,7 @@ def _compile_fragments() -> Fragments:
     )
     return Fragments(
         callers=_compiled(
-            ApiKey.objects.filter(revoked_at__isnull=True, user__is_active=True).order_by().values(
+            ApiKey.objects.filter(GATEWAY_CALLER).order_by().values(
                 c_id=F("id"), c_hash=F("hashed_key"), c_user=F("user_id"), c_org=F("organization_id"),
                 c_mode=F("key_pool_mode"), c_fallback=F("byok_fallback"), c_limit=F("monthly_limit"),
                 c_used=F("last_used_at"),

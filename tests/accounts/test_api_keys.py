@@ -43,7 +43,7 @@ def test_create_returns_the_key_once_and_stores_only_a_hash(authed_client):
 
 
 def test_bearer_key_authenticates_and_records_use(user):
-    raw = _create_key(_client_for(user))["key"]
+    raw = _create_key(_client_for(user), scopes=["gateway", "read"])["key"]
     client = APIClient()
     response = client.get("/api/v1/me", HTTP_AUTHORIZATION=f"Bearer {raw}")
     assert response.status_code == 200
@@ -115,7 +115,7 @@ def test_bad_fields_are_400_with_the_reason(authed_client, fields, field, reason
 
 
 def test_create_api_key_command_prints_a_working_key(user, capsys):
-    call_command("create_api_key", user.email, "--name", "ops")
+    call_command("create_api_key", user.email, "--name", "ops", "--scope", "gateway", "--scope", "read")
     raw = capsys.readouterr().out.strip()
     assert APIClient().get("/api/v1/me", HTTP_AUTHORIZATION=f"Bearer {raw}").status_code == 200
     assert ApiKey.objects.get().name == "ops"

@@ -198,9 +198,9 @@ def test_anonymous_callers_are_refused():
     assert APIClient().get("/api/v1/providers").status_code in (401, 403)
 
 
-def test_a_gateway_api_key_authenticates_the_management_api(member, make_provider):
+def test_an_api_key_with_the_keys_scope_authenticates_the_management_api(member, make_provider):
     make_provider("none", slug="groq")
-    _, raw = api_key_create(user=member, name="ci")
+    _, raw = api_key_create(user=member, name="ci", scopes=["gateway", "keys"])
     api = APIClient()
     api.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
     response = api.post("/api/v1/keys", {"provider": "groq", "secret": new_secret()}, format="json")

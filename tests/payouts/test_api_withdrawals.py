@@ -10,6 +10,7 @@ from core.money import parse_usd
 from payouts.models import Withdrawal, WithdrawalEvent, WithdrawalNetwork
 from payouts.services import withdrawal_mark_paid, withdrawal_reject
 from tests.accounts.factories import UserFactory
+from tests.conftest import signed_in_client
 from tests.payouts.factories import (
     ADDRESSES,
     TX_HASHES,
@@ -179,8 +180,7 @@ def test_the_member_sees_states_and_history(authed_client, user):
 def test_another_members_withdrawal_is_404(authed_client, user):
     other = UserFactory()
     fund_frozen(other, "10.00")
-    other_client = APIClient()
-    other_client.force_authenticate(other)
+    other_client = signed_in_client(other)
     withdrawal_id = _request(other_client).json()["id"]
     assert authed_client.get(f"{URL}/{withdrawal_id}").status_code == 404
     assert authed_client.get(URL).json()["count"] == 0

@@ -17,6 +17,7 @@ from payouts.services import (
     withdrawal_request,
 )
 from tests.accounts.factories import UserFactory
+from tests.conftest import signed_in_client
 from tests.payouts.factories import (
     ADDRESSES,
     frozen_balance,
@@ -48,9 +49,7 @@ def plain_member(org):
 
 
 def _client(user) -> APIClient:
-    client = APIClient()
-    client.force_authenticate(user)
-    return client
+    return signed_in_client(user)
 
 
 def _withdraw(client, **fields):

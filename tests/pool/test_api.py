@@ -2,12 +2,15 @@
 
 from decimal import Decimal
 
+import openai
+import pytest
 from rest_framework.test import APIClient
 
 from core.money import percent_of, usd_str
 from tests.pool.conftest import COST, MODEL, PROMPT, PROVIDER
 
 POOL_MODEL_ID = f"{PROVIDER}-pool/{MODEL}"
+READS = ["gateway", "read"]  # the members call /v1 and read the management API with the same key
 
 
 def _api(member) -> APIClient:
@@ -18,7 +21,7 @@ def _api(member) -> APIClient:
 
 def test_usage_lists_only_the_callers_requests(world):
     world.key()
-    alice, bob = world.member(), world.member()
+    alice, bob = world.member(scopes=READS), world.member(scopes=READS)
     alice.client(world.url).chat.completions.create(model=f"{PROVIDER}/{MODEL}", messages=PROMPT)
     bob.client(world.url).chat.completions.create(model=f"{PROVIDER}/{MODEL}", messages=PROMPT)
 
@@ -32,9 +35,9 @@ def test_usage_lists_only_the_callers_requests(world):
 
 
 def test_donor_sees_aggregates_only_and_the_public_pool_listing(world):
-    alice = world.member()
+    alice = world.member(scopes=READS)
     world.key(owner=alice.user, donate_to_pool=True)
-    bob = world.member()
+    bob = world.member(scopes=READS)
     bob_key = world.key(owner=bob.user, donate_to_pool=True)
     for _ in range(2):
         alice.client(world.url).chat.completions.create(model=POOL_MODEL_ID, messages=PROMPT)
@@ -56,3 +59,12 @@ def test_donor_sees_aggregates_only_and_the_public_pool_listing(world):
     assert row["active_keys"] == 2
     assert row["requests_served"] == 2
     assert bob.user.email not in listing.content.decode()
+
+
+def test_a_key_without_the_gateway_scope_cannot_call_v1(world):
+    world.key()
+    reader = world.member(scopes=["read"])
+    with pytest.raises(openai.AuthenticationError) as refused:
+        reader.client(world.url).chat.completions.create(model=f"{PROVIDER}/{MODEL}", messages=PROMPT)
+    assert "`gateway` scope" in refused.value.message
+    assert not [r for r in world.fake.requests if r.path.endswith("/chat/completions")]

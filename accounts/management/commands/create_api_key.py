@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from accounts.models import User
+from accounts.models import ApiKey, User
 from accounts.services import api_key_create
 
 
@@ -10,10 +10,14 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("email")
         parser.add_argument("--name", default="operator")
+        parser.add_argument(
+            "--scope", action="append", dest="scopes", choices=ApiKey.Scope.values,
+            help="Repeat for each scope (default: gateway only).",
+        )
 
-    def handle(self, *args, email: str, name: str, **options):
+    def handle(self, *args, email: str, name: str, scopes: list[str] | None = None, **options):
         user = User.objects.filter(email__iexact=email.strip()).first()
         if user is None:
             raise CommandError(f"No user with e-mail {email}.")
-        _, raw = api_key_create(user=user, name=name)
+        _, raw = api_key_create(user=user, name=name, scopes=scopes)
         self.stdout.write(raw)
