@@ -28,7 +28,8 @@ class ApiKeySerializer(serializers.ModelSerializer):
     key_pool_mode = serializers.ChoiceField(choices=ApiKey.PoolMode.choices, default=ApiKey.PoolMode.ANY)
     byok_fallback = serializers.BooleanField(default=True)
     scopes = serializers.ListField(
-        child=serializers.ChoiceField(choices=ApiKey.Scope.choices), required=False, max_length=len(ApiKey.Scope),
+        child=serializers.ChoiceField(choices=ApiKey.Scope.choices), required=False, allow_empty=False,
+        max_length=len(ApiKey.Scope),
         help_text="What the key may do; default [\"gateway\"]. Withdrawals are never an API key's.",
     )
 

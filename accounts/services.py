@@ -89,16 +89,13 @@ def api_key_create(
     return api_key, raw
 
 
-LEGACY_SCOPES = (ApiKey.Scope.GATEWAY, ApiKey.Scope.READ, ApiKey.Scope.KEYS, ApiKey.Scope.MONEY)
-
-
 def api_keys_grant_legacy_scopes(*, made_before, dry_run: bool = False) -> int:
     """Give unrevoked keys made before `made_before` every scope (what keys could do before scopes
     existed); returns how many keys that is. Withdrawals stay a signed-in session's."""
     keys = ApiKey.objects.filter(created_at__lt=made_before, revoked_at__isnull=True)
     if dry_run:
         return keys.count()
-    return keys.update(scopes=list(LEGACY_SCOPES))
+    return keys.update(scopes=list(ApiKey.Scope.values))
 
 
 def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
