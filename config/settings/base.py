@@ -35,6 +35,9 @@ INSTALLED_APPS = [
     "allauth",
     "allauth.account",
     "allauth.headless",
+    # The audit trail of operator decisions (core/audit.py): trigger-written history with the acting user.
+    "pgtrigger",
+    "pghistory",
     "core",
     "accounts",
     "billing",
@@ -51,6 +54,9 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Attaches the acting user and URL to audited writes (core/audit.py). /v1 never reaches Django's
+    # middleware (config/asgi.py), so the gateway's hot path does not pay for it.
+    "pghistory.middleware.HistoryMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
