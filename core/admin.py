@@ -21,18 +21,22 @@ class AuditEventAdmin(admin.ModelAdmin):
     """An audited model's events: when, which row, what happened, who, before → after. Nobody may add,
     change or delete one here (the table refuses UPDATE and DELETE besides)."""
 
-    list_display = ["pgh_created_at", "pgh_obj", "pgh_label", "actor", "before", "after"]
+    list_display = ["pgh_created_at", "pgh_obj", "pgh_label", "actor", "origin", "before", "after"]
     list_filter = ["pgh_label"]
     list_select_related = ["pgh_obj", "pgh_context"]
     ordering = ["-pgh_id"]
 
     def get_readonly_fields(self, request: HttpRequest, obj=None):
-        return [*(f.name for f in self.model._meta.fields), "actor", "before", "after"]
+        return [*(f.name for f in self.model._meta.fields), "actor", "origin", "before", "after"]
 
     @admin.display(description="Actor")
     def actor(self, event) -> str:
         entry = _entry(event)
         return str(entry.actor) if entry.actor is not None else "— (no signed-in user)"
+
+    @admin.display(description="Where")
+    def origin(self, event) -> str:
+        return _entry(event).origin or "—"
 
     @admin.display(description="Before")
     def before(self, event) -> str:

@@ -5,8 +5,8 @@ by PostgreSQL triggers, so no write escapes them — an admin form, an admin act
 `queryset.update()`, a management command or a psql session alike — and a trigger's condition keeps it
 silent unless an audited column changes. The actor comes from the request: `HistoryMiddleware`
 (config/settings/base.py) attaches the signed-in user and the URL to every write of a POST/PUT/PATCH/DELETE
-handled by Django (the admin and the management API; DRF's own authentication included); writes from a
-command or a task carry no actor. The event tables are append-only (triggers refuse UPDATE and DELETE).
+handled by Django (the admin and the management API; DRF's own authentication included); the catalogue
+commands name themselves (`@pghistory.context(command=...)`); a task's writes carry neither. The event tables are append-only (triggers refuse UPDATE and DELETE).
 
 Each audited model declares `@pghistory.track(*audit_trackers(), fields=[...])`: a snapshot of its audited
 fields when a row is created, when one of them changes and when it is deleted. "Before" is the previous
@@ -35,7 +35,7 @@ class AuditEntry:
     at: datetime
     action: str  # insert, update, delete, baseline
     actor: Any  # the User, or None (a command, a task, or a user since deleted)
-    url: str
+    origin: str  # the request's URL, or "manage.py <command>"
     before: dict = field(default_factory=dict)  # only the fields that changed, on an update
     after: dict = field(default_factory=dict)
 
@@ -47,6 +47,12 @@ def _snapshot(event: models.Model) -> dict:
         for f in event._meta.fields
         if f.name in tracked and not f.name.startswith("pgh_")
     }
+
+
+def _origin(metadata: dict) -> str:
+    if metadata.get("command"):
+        return f"manage.py {metadata['command']}"
+    return metadata.get("url", "")
 
 
 def audit_entry(event: models.Model) -> AuditEntry:
@@ -67,7 +73,7 @@ def audit_entry(event: models.Model) -> AuditEntry:
         before = {name: was[name] for name in changed if name in was}
         after = {name: now[name] for name in changed}
     return AuditEntry(
-        at=event.pgh_created_at, action=event.pgh_label, actor=actor, url=metadata.get("url", ""),
+        at=event.pgh_created_at, action=event.pgh_label, actor=actor, origin=_origin(metadata),
         before=before, after=after,
     )
 

@@ -77,7 +77,7 @@ def test_the_global_switch_is_audited_with_the_operator(admin_client, staff):
     # then one record has the operator, the old and the new rate; the admin's log entry stays too
     [event] = PayoutRateRuleEvent.objects.filter(pgh_id__gt=since)
     entry = audit_entry(event)
-    assert entry.actor == staff and entry.url == GLOBAL
+    assert entry.actor == staff and entry.origin == GLOBAL
     assert (entry.before, entry.after) == ({"percent": Decimal("90.00")}, {"percent": Decimal("0.00")})
     assert LogEntry.objects.filter(user=staff, change_message="Global payout rate 90.00% → 0.00%").exists()
 

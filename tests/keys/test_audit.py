@@ -1,7 +1,10 @@
 """Operator decisions on providers, prices and keys leave one audit record each: who, when, before, after."""
 
+import io
+
 import pytest
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.core.management import call_command
 from django.db import DatabaseError, connection, transaction
 
 from core.audit import audit_entry, audit_trail
@@ -43,7 +46,7 @@ def test_pool_clearance_set_in_the_admin_is_audited(admin_client, operator, acti
     entry = audit_entry(event)
     assert entry.action == "update" and entry.actor == operator and entry.at is not None
     assert (entry.before, entry.after) == ({"pool_clearance": before}, {"pool_clearance": after})
-    assert entry.url == PROVIDERS
+    assert entry.origin == PROVIDERS
 
 
 def test_pool_clearance_edited_in_the_providers_form_is_audited_too(admin_client, operator):
@@ -140,6 +143,24 @@ def test_a_write_without_a_request_is_audited_without_an_actor():
     assert [e.action for e in entries] == ["insert", "update"]
     assert entries[-1].actor is None
     assert (entries[-1].before, entries[-1].after) == ({"is_active": True}, {"is_active": False})
+
+
+def test_refresh_prices_names_itself_in_the_trail():
+    # given a package-priced model whose price has drifted from the package
+    call_command("sync_providers", stdout=io.StringIO())
+    call_command("refresh_prices", provider=["groq"], stdout=io.StringIO())
+    model = ProviderModel.objects.get(provider__slug="groq", name="llama-3.1-8b-instant")
+    ProviderModel.objects.filter(pk=model.pk).update(input_price=1, output_price=1, price_source="package")
+    since = _last_id(ProviderModelEvent)
+
+    # when refresh_prices runs
+    call_command("refresh_prices", provider=["groq"], stdout=io.StringIO())
+
+    # then its change of that model is recorded as the command's, with no actor
+    [entry] = [audit_entry(e) for e in _new_events(ProviderModelEvent, since) if e.pgh_obj_id == model.pk]
+    assert (entry.actor, entry.origin) == (None, "manage.py refresh_prices")
+    assert entry.before == {"input_price": 1, "output_price": 1}
+    assert entry.after == {"input_price": 50_000_000, "output_price": 80_000_000}
 
 
 def test_an_unaudited_column_changing_writes_nothing():
