@@ -1,10 +1,16 @@
 """The audit triggers (core/audit.py) never fire on the gateway's hot path: requests on every route write
-the key rows (LRU order), leases, stats, holds and earnings, none of them an operator decision."""
+the key rows (LRU order), leases, stats, holds and earnings, none of them an operator decision. And
+under ASGI, as production serves the admin, an operator's change still names its actor."""
 
+import httpx
+from django.conf import settings
+from django.test import Client
 from pghistory.core import event_models
 from pghistory.models import Context
 
-from keys.models import ProviderKeyTransition
+from core.audit import audit_trail
+from keys.models import Provider, ProviderEvent, ProviderKeyTransition
+from tests.accounts.factories import UserFactory
 from tests.pool.conftest import MODEL, PROMPT, PROVIDER
 
 
@@ -36,3 +42,28 @@ def test_requests_on_every_route_leave_no_audit_record(world):
 
     # then no audit row was written
     assert _audit_rows() == before
+
+
+def test_under_asgi_an_admin_action_is_audited_with_its_actor(world):
+    # given a staff member signed in to the server as production runs it (uvicorn, ASGI)
+    staff = UserFactory(is_staff=True, is_superuser=True)
+    signed_in = Client()
+    signed_in.force_login(staff)
+    world.provider.pool_clearance = Provider.PoolClearance.PENDING
+    world.provider.save(update_fields=["pool_clearance"])
+    session = {settings.SESSION_COOKIE_NAME: signed_in.cookies[settings.SESSION_COOKIE_NAME].value}
+    with httpx.Client(base_url=world.url, cookies=session) as http:
+        assert http.get("/admin/keys/provider/").status_code == 200
+        token = http.cookies["csrftoken"]
+
+        # when it clears the provider for the pool with the admin action
+        response = http.post(
+            "/admin/keys/provider/",
+            data={"action": "clear_for_pool", "_selected_action": world.provider.pk},
+            headers={"X-CSRFToken": token},
+        )
+
+    # then the record names it
+    assert response.status_code == 302, response.text[:500]
+    last = audit_trail(world.provider, event_model=ProviderEvent)[-1]
+    assert (last.actor, last.after) == (staff, {"pool_clearance": "cleared"})
