@@ -6,7 +6,11 @@ by PostgreSQL triggers, so no write escapes them — an admin form, an admin act
 silent unless an audited column changes. The actor comes from the request: `HistoryMiddleware`
 (config/settings/base.py) attaches the signed-in user and the URL to every write of a POST/PUT/PATCH/DELETE
 handled by Django (the admin and the management API; DRF's own authentication included); the catalogue
-commands name themselves (`@pghistory.context(command=...)`); a task's writes carry neither. The event tables are append-only (triggers refuse UPDATE and DELETE).
+commands name themselves (`@pghistory.context(command=...)`); a task's writes carry neither. The event
+tables are append-only (triggers refuse UPDATE and DELETE).
+
+What is audited here, and what keeps its own domain trail (key states: keys.ProviderKeyTransition;
+withdrawal decisions: payouts.WithdrawalEvent), is listed in the README ("Operator sign-in and audit").
 
 Each audited model declares `@pghistory.track(*audit_trackers(), fields=[...])`: a snapshot of its audited
 fields when a row is created, when one of them changes and when it is deleted. "Before" is the previous

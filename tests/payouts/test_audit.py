@@ -31,9 +31,8 @@ def test_a_withdrawal_decision_leaves_one_event_with_the_staff_member(action, fi
         owner=member, actor=member, amount=parse_usd("10"), network="USDT-ERC20", address=ADDRESSES["USDT-ERC20"]
     )
     staff = UserFactory(is_staff=True)
-    staff.user_permissions.add(
-        *Permission.objects.filter(content_type__app_label="payouts", codename__in=["view_withdrawal", "process_withdrawal"])
-    )
+    codenames = ["view_withdrawal", "process_withdrawal"]
+    staff.user_permissions.add(*Permission.objects.filter(content_type__app_label="payouts", codename__in=codenames))
     client = Client()
     client.force_login(staff)
     since = list(WithdrawalEvent.objects.filter(withdrawal=withdrawal))
