@@ -1,3 +1,4 @@
+from allauth.account.decorators import secure_admin_login
 from django.contrib import admin
 from django.http import JsonResponse
 from django.urls import include, path
@@ -14,6 +15,12 @@ from billing.urls import api_urlpatterns as billing_api
 def healthz(request):
     return JsonResponse({"status": "ok"})
 
+
+# The admin has no login of its own: it sends staff to allauth's login (`?next=` kept), whose rate limits
+# (per client IP and per account, behind a trusted proxy when configured) then guard withdrawals' approvers
+# too. Chosen over django-axes: members already sign in through allauth, so one login, one limiter and
+# one set of proxy settings instead of a second lockout store with its own IP rules.
+admin.site.login = secure_admin_login(admin.site.login)
 
 api_v1 = [
     *accounts_api,

@@ -11,8 +11,9 @@ from django.urls import path, reverse
 
 from accounts.models import User
 from billing.admin import ReadOnlyAdmin
+from core.admin import AuditEventAdmin
 from core.money import format_usd
-from exchange.models import ExchangeEarning, GlobalPayoutRate, PayoutRateRule, Task
+from exchange.models import ExchangeEarning, GlobalPayoutRate, PayoutRateRule, PayoutRateRuleEvent, Task
 from exchange.selectors import global_payout_rate, payout_rate_explain
 from exchange.services import ExchangeError, payout_rate_global_set
 from keys.models import Provider
@@ -195,3 +196,8 @@ class ExchangeEarningAdmin(ReadOnlyAdmin):
     @admin.display(description="Earned")
     def amount_usd(self, obj: ExchangeEarning) -> str:
         return format_usd(obj.amount)
+
+
+@admin.register(PayoutRateRuleEvent)
+class PayoutRateRuleEventAdmin(AuditEventAdmin):
+    """Every payout-rate rule change, the global rate (the exchange's on/off switch) included (core/audit.py)."""

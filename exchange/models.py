@@ -20,10 +20,13 @@ Design:
 
 from decimal import Decimal
 
+import pghistory
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import F, Q
+
+from core.audit import audit_trackers
 
 RULE_DUPLICATE_SCOPE = "There is already a rule for this scope: edit that rule instead."
 RULE_TASK_NEEDS_PROVIDER = "A task-specific rule needs a provider."
@@ -36,6 +39,11 @@ class Task(models.TextChoices):
     EMBEDDINGS = "embeddings", "Embeddings"
 
 
+# Every rule change, the global rate (the exchange's on/off switch) included, is audited by a trigger.
+@pghistory.track(
+    *audit_trackers(), fields=["user", "provider", "task", "percent", "note"],
+    model_name="PayoutRateRuleEvent", append_only=True,
+)
 class PayoutRateRule(models.Model):
     class Scope(models.TextChoices):
         # Most specific first: the resolver's order.

@@ -8,14 +8,17 @@ from django.contrib import admin, messages
 from django.utils.decorators import method_decorator
 from django.views.decorators.debug import sensitive_post_parameters
 
+from core.admin import AuditEventAdmin
 from core.money import MoneyError, parse_usd, usd_str
 from keys.models import (
     PoolConsent,
     Provider,
+    ProviderEvent,
     ProviderKey,
     ProviderKeyStats,
     ProviderKeyTransition,
     ProviderModel,
+    ProviderModelEvent,
 )
 from keys.services import (
     ProviderKeyError,
@@ -307,3 +310,15 @@ class ProviderKeyTransitionAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False
+
+
+# Audit trails of operator decisions, written by triggers (core/audit.py); key states keep
+# ProviderKeyTransition above.
+@admin.register(ProviderEvent)
+class ProviderEventAdmin(AuditEventAdmin):
+    """Pool clearance, activity, exchange support and base URL of providers."""
+
+
+@admin.register(ProviderModelEvent)
+class ProviderModelEventAdmin(AuditEventAdmin):
+    """Model prices (overrides and refreshes) and activity."""

@@ -19,17 +19,27 @@ Design:
   flight are `ProviderKeyLease` rows (written by pick, deleted by settlement). A counter on
   the key row would be locked by its own update just when a pick looks, and `SKIP LOCKED` would pass
   the key over: the least-recently-used order would stop being fair.
+- Operator decisions are audited by PostgreSQL triggers (django-pghistory, core/audit.py): a provider's
+  pool clearance, activity, exchange support and base URL, a model's prices. Neither table is written by
+  the gateway. Key state changes keep their own domain trail, `ProviderKeyTransition` (owners see it; the
+  hot path writes it when it pauses or exhausts a key), and no trigger sits on the hot `ProviderKey` row.
 """
 
+import pghistory
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 from django_fsm import ConcurrentTransitionMixin, FSMField, transition
 
+from core.audit import audit_trackers
 from core.masking import masked_tail
 
 
+@pghistory.track(
+    *audit_trackers(), fields=["pool_clearance", "is_active", "exchange_supported", "base_url"],
+    model_name="ProviderEvent", append_only=True,
+)
 class Provider(models.Model):
     class ApiStyle(models.TextChoices):
         OPENAI = "openai", "OpenAI-compatible"
@@ -104,6 +114,10 @@ class Provider(models.Model):
         return self.balance_api != self.BalanceApi.NONE
 
 
+@pghistory.track(
+    *audit_trackers(), fields=["input_price", "output_price", "price_source", "is_active"],
+    model_name="ProviderModelEvent", append_only=True,
+)
 class ProviderModel(models.Model):
     class PriceSource(models.TextChoices):
         PACKAGE = "package", "genai-prices package"

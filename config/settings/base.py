@@ -35,6 +35,9 @@ INSTALLED_APPS = [
     "allauth",
     "allauth.account",
     "allauth.headless",
+    # The audit trail of operator decisions (core/audit.py): trigger-written history with the acting user.
+    "pgtrigger",
+    "pghistory",
     "core",
     "accounts",
     "billing",
@@ -51,6 +54,9 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Attaches the acting user and URL to audited writes (core/audit.py). /v1 never reaches Django's
+    # middleware (config/asgi.py), so the gateway's hot path does not pay for it.
+    "pghistory.middleware.HistoryMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
@@ -153,6 +159,12 @@ ACCOUNT_EMAIL_VERIFICATION_BY_CODE_ENABLED = True
 ACCOUNT_LOGIN_ON_EMAIL_CONFIRMATION = True
 ACCOUNT_UNIQUE_EMAIL = True
 ACCOUNT_LOGOUT_ON_GET = False
+# Login rate limits (allauth's defaults, for members and the admin alike): 30 login POSTs a minute per
+# client IP (then 429), 10 failures a minute per IP and 5 per account in 5 minutes (then refused, even
+# with the right password). The client IP is REMOTE_ADDR unless a proxy is trusted: behind N proxies,
+# the Nth address from the right of X-Forwarded-For; or one header the proxy sets (X-Real-IP, CF-Connecting-IP).
+ALLAUTH_TRUSTED_PROXY_COUNT = env.int("DJANGO_TRUSTED_PROXY_COUNT", default=0)
+ALLAUTH_TRUSTED_CLIENT_IP_HEADER = env.str("DJANGO_TRUSTED_CLIENT_IP_HEADER", default="") or None
 HEADLESS_CLIENTS = ("app", "browser")
 HEADLESS_SERVE_SPECIFICATION = False
 

@@ -1,3 +1,4 @@
+import pghistory
 from django.core.management.base import BaseCommand, CommandError
 
 from keys.models import Provider
@@ -13,6 +14,7 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--provider", action="append", help="Only this provider slug (repeatable).")
 
+    @pghistory.context(command="refresh_prices")  # its changes to providers/prices say where they came from
     def handle(self, *args, **options):
         providers = Provider.objects.order_by("slug")
         if options["provider"]:

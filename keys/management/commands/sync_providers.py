@@ -1,5 +1,6 @@
 from pathlib import Path
 
+import pghistory
 from django.core.management.base import BaseCommand, CommandError
 
 from keys.services import CatalogueError, providers_sync
@@ -12,6 +13,7 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--file", type=Path, help="Catalogue file to load instead of the configured one.")
 
+    @pghistory.context(command="sync_providers")  # its changes to providers/prices say where they came from
     def handle(self, *args, **options):
         path = options["file"] or providers_file()
         try:
