@@ -5,7 +5,7 @@ import secrets
 from datetime import timedelta
 
 from allauth.account.models import EmailAddress
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.text import slugify
 
@@ -20,6 +20,8 @@ LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 ORG_NOT_A_MEMBER = "You are not a member of that organization."
 ORG_OWNER_REQUIRED = "Only an organization's owners can do that."
+ORG_NAME_BUSY = "Too many organizations are being created with that name right now: try again."
+ORGANIZATION_SLUG_ATTEMPTS = 20
 API_KEY_SCOPES_BEYOND_MAKER = "An API key cannot create a key with scopes it does not have itself ({missing})."
 
 
@@ -116,15 +118,26 @@ def api_key_touch(*, api_key: ApiKey) -> None:
 
 
 def organization_create(*, owner: User, name: str) -> Organization:
+    """A new organization with `owner` as its owner, under the first free slug of its name (`acme`,
+    `acme-2`, ...). Two members creating "Acme" at once both succeed: the slug's unique index decides,
+    and the loser takes the next one."""
     base = slugify(name)[:80] or "org"
-    slug, n = base, 1
-    while Organization.objects.filter(slug=slug).exists():
-        n += 1
-        slug = f"{base}-{n}"
-    with transaction.atomic():
-        organization = Organization.objects.create(name=name, slug=slug)
-        Membership.objects.create(organization=organization, user=owner, role=Membership.Role.OWNER)
-    return organization
+    taken = set(Organization.objects.filter(slug__startswith=base).values_list("slug", flat=True))
+    candidates = (base if n == 1 else f"{base}-{n}" for n in range(1, ORGANIZATION_SLUG_ATTEMPTS + len(taken) + 1))
+    tried = 0
+    for slug in candidates:
+        if slug in taken:
+            continue
+        try:
+            with transaction.atomic():
+                organization = Organization.objects.create(name=name, slug=slug)
+                Membership.objects.create(organization=organization, user=owner, role=Membership.Role.OWNER)
+            return organization
+        except IntegrityError:
+            tried += 1  # created by someone else between our look and our insert
+            if tried >= ORGANIZATION_SLUG_ATTEMPTS:
+                break
+    raise AccountsError(ORG_NAME_BUSY, code="organization_name_busy", status_code=409)
 
 
 def organization_member_add(

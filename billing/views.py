@@ -7,7 +7,7 @@ from django.views.decorators.http import require_http_methods
 
 from accounts.forms import OrganizationForm
 from accounts.selectors import organization_list
-from accounts.services import organization_create
+from accounts.services import AccountsError, organization_create
 from billing.selectors import balances_for_owner
 
 
@@ -17,8 +17,11 @@ def organizations(request: HttpRequest) -> HttpResponse:
     """The member's organizations as billing owners: role, members and each one's balance."""
     form = OrganizationForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        organization_create(owner=request.user, name=form.cleaned_data["name"])
-        return redirect("organizations")
+        try:
+            organization_create(owner=request.user, name=form.cleaned_data["name"])
+            return redirect("organizations")
+        except AccountsError as refused:
+            form.add_error("name", str(refused))
     rows = [
         {
             "organization": org,

@@ -1,5 +1,7 @@
 """Management API for the exchange: the caller's effective payout rates and their earnings."""
 
+import re
+
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
@@ -25,6 +27,8 @@ from exchange.serializers import (
 )
 from keys.selectors import provider_list
 
+# ASCII digits only (str.isdigit() also takes "²", which int() refuses), and short enough for a bigint.
+KEY_ID = re.compile(r"[0-9]{1,18}")
 EARNINGS_BAD_KEY = "key must be the id of one of your provider keys."
 KEY_REMOVED = "(removed)"  # a removed key's history: its secret, tail included, was scrubbed
 
@@ -99,7 +103,7 @@ class DailyEarningsApi(APIView):
     )
     def get(self, request: Request) -> Response:
         key = request.query_params.get("key")
-        if key is not None and not key.isdigit():
+        if key is not None and not KEY_ID.fullmatch(key):
             raise ValidationError({"key": [EARNINGS_BAD_KEY]})
         rows = exchange_earning_daily(owner=request.user, provider_key_id=int(key) if key else None)
         return Response(
