@@ -1,6 +1,5 @@
 from allauth.account.decorators import secure_admin_login
 from django.contrib import admin
-from django.http import JsonResponse
 from django.urls import include, path
 from drf_spectacular.views import (
     SpectacularAPIView,
@@ -9,11 +8,8 @@ from drf_spectacular.views import (
 )
 
 from accounts.urls import api_urlpatterns as accounts_api
+from core.health import ReadyView, healthz
 from billing.urls import api_urlpatterns as billing_api
-
-
-def healthz(request):
-    return JsonResponse({"status": "ok"})
 
 
 # The admin has no login of its own: it sends staff to allauth's login (`?next=` kept), whose rate limits
@@ -36,6 +32,7 @@ api_v1 = [
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
+    path("readyz", ReadyView.as_view(), name="readyz"),
     path("admin/", admin.site.urls),
     path("accounts/", include("allauth.urls")),
     path("_allauth/", include("allauth.headless.urls")),

@@ -38,6 +38,7 @@ INSTALLED_APPS = [
     # The audit trail of operator decisions (core/audit.py): trigger-written history with the acting user.
     "pgtrigger",
     "pghistory",
+    "health_check",  # /readyz (core/health.py)
     "core",
     "accounts",
     "billing",
