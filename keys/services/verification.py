@@ -40,7 +40,7 @@ from keys.services.provider_keys import (
     provider_key_transition,
     safe_reason,
 )
-from keys.upstream import UpstreamRefused, join_url, parse_retry_after, resolve_upstream
+from keys.upstream import UpstreamRefused, VettedUpstream, join_url, parse_retry_after, resolve_upstream
 
 logger = logging.getLogger(__name__)
 Status = ProviderKey.Status
@@ -105,9 +105,15 @@ class _TooLarge(Exception):
 
 
 @sensitive_variables("secret")
-def _get(client: httpx.Client, url: str, secret: str) -> tuple[int, bytes, str | None]:
-    """(status, body capped at MAX_REPLY_BYTES, Retry-After header) of one authenticated GET."""
-    with client.stream("GET", url, headers={"Authorization": f"Bearer {secret}"}) as response:
+def _get(client: httpx.Client, upstream: VettedUpstream, secret: str) -> tuple[int, bytes, str | None]:
+    """(status, body capped at MAX_REPLY_BYTES, Retry-After header) of one authenticated GET, sent to
+    the address vetted by resolve_upstream (the name as Host and TLS server name)."""
+    headers = {"Authorization": f"Bearer {secret}"}
+    extensions = {}
+    if upstream.server_name is not None:
+        headers["Host"] = upstream.host_header
+        extensions["sni_hostname"] = upstream.server_name
+    with client.stream("GET", upstream.connect_url, headers=headers, extensions=extensions) as response:
         body = bytearray()
         if response.status_code == 200:
             for chunk in response.iter_bytes():
@@ -165,8 +171,8 @@ def _read_balance(client: httpx.Client, provider: Provider, secret: str, body: b
             reading = parse_balance(kind, body, currency=provider.balance_currency)
         except FollowUpRequired as follow_up:
             # OpenRouter key without a spending limit: the account's credits are on another path.
-            url = resolve_upstream(join_url(provider.base_url, follow_up.path))
-            status, body, retry_after = _get(client, url, secret)
+            upstream = resolve_upstream(join_url(provider.base_url, follow_up.path))
+            status, body, retry_after = _get(client, upstream, secret)
             if status in (401, 403):
                 return CheckResult(OK, DETAIL_UNMEASURED, balance=None)
             problem = _classify(status, retry_after)
@@ -186,9 +192,9 @@ def provider_key_check(*, provider: Provider, secret: str) -> CheckResult:
     """One authenticated call to the provider with `secret`; never raises for upstream trouble."""
     path = BALANCE_PATHS[provider.balance_api] if provider.has_balance_api else MODELS_PATH
     try:
-        url = resolve_upstream(join_url(provider.base_url, path))
+        upstream = resolve_upstream(join_url(provider.base_url, path))
         with _client() as client:
-            status, body, retry_after = _get(client, url, secret)
+            status, body, retry_after = _get(client, upstream, secret)
             problem = _classify(status, retry_after)
             if problem is not None:
                 return problem
