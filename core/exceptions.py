@@ -46,17 +46,27 @@ def _first_message(errors) -> str:
     return force_str(errors) if errors else ""
 
 
+def _messages(errors, where: str = "") -> list[str]:
+    """A field's messages as a flat list: a list or nested field's item errors (`{"0": [...]}`) become
+    "item 0: <message>", so every field maps to strings, as the schema says."""
+    if isinstance(errors, dict):
+        return [m for key, value in errors.items() for m in _messages(value, f"{where}item {key}: ")]
+    if isinstance(errors, list):
+        return [m for value in errors for m in _messages(value, where)]
+    return [where + force_str(errors)]
+
+
 def _validation_body(error: exceptions.ValidationError) -> dict:
     detail = error.detail
     if not isinstance(detail, dict):
         return {"detail": _first_message(detail), "code": VALIDATION_CODE}
-    fields = {key: value for key, value in detail.items() if key not in NON_FIELD_KEYS}
+    fields = {key: _messages(value) for key, value in detail.items() if key not in NON_FIELD_KEYS}
     general = [detail[key] for key in NON_FIELD_KEYS if key in detail]
     if general or not fields:
         message = _first_message(general) or VALIDATION_DETAIL
     else:
         name = next(iter(fields))
-        message = f"{name}: {_first_message(fields[name])}"
+        message = f"{name}: {fields[name][0] if fields[name] else ''}"
     body = {"detail": message, "code": VALIDATION_CODE}
     if fields:
         body["fields"] = fields

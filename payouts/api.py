@@ -12,8 +12,8 @@ but not an owner of the organization. A slug the caller is not a member of
 answers the same 400 whether or not it exists.
 """
 
-from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import status
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import serializers, status
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.permissions import IsAuthenticated
@@ -98,6 +98,16 @@ def _history_owner(request: Request) -> BillingOwner:
     return owner
 
 
+def paginated_schema(serializer_class, name: str):
+    """The OpenAPI shape of a HistoryPagination page of `serializer_class`."""
+    return inline_serializer(name, fields={
+        "count": serializers.IntegerField(),
+        "next": serializers.URLField(allow_null=True),
+        "previous": serializers.URLField(allow_null=True),
+        "results": serializer_class(many=True),
+    })
+
+
 def _paginated(request: Request, view: APIView, queryset, serializer_class) -> Response:
     paginator = HistoryPagination()
     page = paginator.paginate_queryset(queryset, request, view=view)
@@ -111,7 +121,7 @@ class MoneyMovingApi(APIView):
 class ConversionListCreateApi(MoneyMovingApi):
     api_key_scopes = {"read": ApiKey.Scope.READ, "write": ApiKey.Scope.MONEY}
     @extend_schema(
-        responses=ConversionSerializer(many=True),
+        responses=paginated_schema(ConversionSerializer, "ConversionPage"),
         parameters=[ORGANIZATION_PARAMETER],
         summary="Your conversions (or an organization's you own), newest first",
     )
@@ -143,7 +153,7 @@ class WithdrawalListCreateApi(MoneyMovingApi):
     api_key_scopes = {"read": ApiKey.Scope.READ}  # never "write": withdrawing is a signed-in member's alone
     permission_classes = [IsAuthenticated, ApiKeyScopes, RecentSignInToMoveMoneyOut]
     @extend_schema(
-        responses=WithdrawalSerializer(many=True),
+        responses=paginated_schema(WithdrawalSerializer, "WithdrawalPage"),
         parameters=[ORGANIZATION_PARAMETER],
         summary="Your withdrawals (or an organization's you own) and their states",
     )
