@@ -9,6 +9,7 @@ from drf_spectacular.views import (
 
 from accounts.urls import api_urlpatterns as accounts_api
 from core.health import ReadyView, healthz
+from config.metrics import metrics_view
 from billing.urls import api_urlpatterns as billing_api
 
 
@@ -33,6 +34,7 @@ api_v1 = [
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("readyz", ReadyView.as_view(), name="readyz"),
+    path("metrics", metrics_view, name="metrics"),
     path("admin/", admin.site.urls),
     path("accounts/", include("allauth.urls")),
     path("_allauth/", include("allauth.headless.urls")),

@@ -36,7 +36,7 @@ from keys.services import (
     provider_key_record_success,
     provider_key_release,
 )
-from pool import errors, ratelimit, upstream
+from pool import errors, metrics, ratelimit, upstream
 from pool.errors import GatewayError, bad_request
 from pool.hotpath import db
 from pool.hotpath.db import db_call
@@ -109,6 +109,22 @@ class Failure:
 
 async def handle(scope, receive, send) -> None:
     path = scope["path"].rstrip("/")
+    started = time.monotonic()
+    status = 500
+
+    async def send_noting_status(message) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+        await send(message)
+
+    try:
+        await _handle(scope, receive, send_noting_status, path)
+    finally:
+        metrics.gateway_request_done(endpoint=path if path in ENDPOINTS else "other", status=status, started=started)
+
+
+async def _handle(scope, receive, send, path: str) -> None:
     method = scope["method"]
     try:
         endpoint = ENDPOINTS.get(path)
@@ -276,11 +292,13 @@ async def _begin(
     """The first hop, then the body as the provider gets it: the model's own name and, for a completion,
     the cap that was held, in the one field the provider reads (the other dropped), serialised once."""
     request_id, created_at = f"req_{secrets.token_hex(16)}", clock()
+    metrics.request_id.set(request_id)
     started = time.monotonic()
     begun = await request_begin(
         raw_key=raw_key, model=model, request_id=request_id, at=created_at,
         prompt_tokens=prompt_estimate, max_tokens=max_tokens, platform_only=platform_only, choices=choices,
     )
+    metrics.served_by.set(("", begun.target.provider_slug))
     first_key = begun.first_key
     if begun.first_busy:  # every candidate held by another writer for a moment: try again
         first_key = await key_pick(caller=begun.caller, target=begun.target, route=begun.plan.routes[0],

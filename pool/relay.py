@@ -18,7 +18,7 @@ import aiohttp
 import orjson
 from django.conf import settings
 
-from pool import errors, sse
+from pool import errors, metrics, sse
 from pool.errors import GatewayError
 from pool.models import RequestRecord
 from pool.selectors import Caller, Target
@@ -115,6 +115,8 @@ def _receipt_usage(usage: dict, receipt: Receipt) -> dict:
 
 
 def _receipt_headers(call: Call, key: PickedKey) -> list[tuple[bytes, bytes]]:
+    """The receipt's headers, built once the key that answers is known (and so noted for the metrics)."""
+    metrics.served_by.set((key.route, call.target.provider_slug))
     return [(b"x-headroom-route", key.route.encode()), (b"x-headroom-request-id", call.request_id.encode())]
 
 
