@@ -122,6 +122,7 @@ class ConversionListCreateApi(MoneyMovingApi):
     api_key_scopes = {"read": ApiKey.Scope.READ, "write": ApiKey.Scope.MONEY}
     @extend_schema(
         responses=paginated_schema(ConversionSerializer, "ConversionPage"),
+        operation_id="payouts_conversions_list",
         parameters=[ORGANIZATION_PARAMETER],
         summary="Your conversions (or an organization's you own), newest first",
     )
@@ -154,6 +155,7 @@ class WithdrawalListCreateApi(MoneyMovingApi):
     permission_classes = [IsAuthenticated, ApiKeyScopes, RecentSignInToMoveMoneyOut]
     @extend_schema(
         responses=paginated_schema(WithdrawalSerializer, "WithdrawalPage"),
+        operation_id="payouts_withdrawals_list",
         parameters=[ORGANIZATION_PARAMETER],
         summary="Your withdrawals (or an organization's you own) and their states",
     )
