@@ -192,6 +192,20 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "core.schema.AutoSchema",
     # One error body for every endpoint: {"detail", "code"} (+ "fields" for validation errors).
     "EXCEPTION_HANDLER": "core.exceptions.api_exception_handler",
+    # Per member, per client IP when anonymous, and stricter on writes that move money or mint API
+    # keys (a view's throttle_scope); counted in the default cache, shared by every worker when it is
+    # Redis (core.throttling).
+    "DEFAULT_THROTTLE_CLASSES": [
+        "core.throttling.MemberRateThrottle",
+        "core.throttling.AnonymousRateThrottle",
+        "core.throttling.SensitiveWriteThrottle",
+    ],
+    "DEFAULT_THROTTLE_RATES": {
+        "member": env.str("HEADROOM_THROTTLE_MEMBER", default="600/minute"),
+        "anon": env.str("HEADROOM_THROTTLE_ANON", default="120/minute"),
+        "money": env.str("HEADROOM_THROTTLE_MONEY", default="20/minute"),
+        "api_keys": env.str("HEADROOM_THROTTLE_API_KEYS", default="20/minute"),
+    },
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Headroom management API",
