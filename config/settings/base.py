@@ -299,6 +299,8 @@ HEADROOM_UPSTREAM_CONNECT_TIMEOUT = env.float("HEADROOM_UPSTREAM_CONNECT_TIMEOUT
 HEADROOM_UPSTREAM_READ_TIMEOUT = env.float("HEADROOM_UPSTREAM_READ_TIMEOUT", default=120.0)
 HEADROOM_MAX_UPSTREAM_ATTEMPTS = env.int("HEADROOM_MAX_UPSTREAM_ATTEMPTS", default=3)
 HEADROOM_RATE_LIMIT_PER_MINUTE = env.int("HEADROOM_RATE_LIMIT_PER_MINUTE", default=1200)
+# Unrevoked gateway API keys one member may hold (accounts.services.api_key_create refuses with 409 past it).
+HEADROOM_MAX_API_KEYS = env.int("HEADROOM_MAX_API_KEYS", default=50)
 # The output limit of a model whose ProviderModel.max_output_tokens is empty: bounds the cap held and forwarded.
 HEADROOM_DEFAULT_MAX_TOKENS = env.int("HEADROOM_DEFAULT_MAX_TOKENS", default=4096)
 # `n` above this is refused (400); each of the n completions is held for (README "Money integrity").
