@@ -15,6 +15,7 @@ from accounts.services import api_key_create, api_key_revoke
 
 class ApiKeyListCreateApi(APIView):
     api_key_scopes = {"read": ApiKey.Scope.READ, "write": ApiKey.Scope.KEYS}
+    throttle_scope = "api_keys"  # creating one (core.throttling.SensitiveWriteThrottle)
     @extend_schema(responses=ApiKeySerializer(many=True), summary="List your gateway API keys")
     def get(self, request: Request) -> Response:
         return Response(ApiKeySerializer(api_key_list(user=request.user), many=True).data)

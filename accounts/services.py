@@ -5,6 +5,7 @@ import secrets
 from datetime import timedelta
 
 from allauth.account.models import EmailAddress
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.text import slugify
@@ -22,6 +23,7 @@ ORG_NOT_A_MEMBER = "You are not a member of that organization."
 ORG_OWNER_REQUIRED = "Only an organization's owners can do that."
 ORG_NAME_BUSY = "Too many organizations are being created with that name right now: try again."
 ORGANIZATION_SLUG_ATTEMPTS = 20
+API_KEY_LIMIT_REACHED = "You already hold {limit} API keys, the most a member may: revoke one you no longer use."
 API_KEY_SCOPES_BEYOND_MAKER = "An API key cannot create a key with scopes it does not have itself ({missing})."
 
 
@@ -54,6 +56,17 @@ def user_create(*, email: str, password: str | None = None, verified: bool = Fal
     return user
 
 
+def _api_key_room_check(*, user: User) -> None:
+    """Refuse a key past HEADROOM_MAX_API_KEYS. Locks the member's row first, so concurrent creations
+    count one after another and none slips past the cap; the caller's transaction holds the lock
+    (NO KEY UPDATE: rows that merely reference the member, as the gateway writes, are not blocked)."""
+    User.objects.select_for_update(no_key=True).filter(pk=user.pk).values_list("pk", flat=True).get()
+    limit = settings.HEADROOM_MAX_API_KEYS
+    if ApiKey.objects.filter(user=user, revoked_at__isnull=True).count() >= limit:
+        raise AccountsError(API_KEY_LIMIT_REACHED.format(limit=limit), code="api_key_limit_reached", status_code=409)
+
+
+@transaction.atomic
 def api_key_create(
     *,
     user: User,
@@ -76,6 +89,7 @@ def api_key_create(
                             status_code=403)
     if organization is not None and not Membership.objects.filter(organization=organization, user=user).exists():
         raise AccountsError(ORG_NOT_A_MEMBER, code="not_a_member", status_code=403)
+    _api_key_room_check(user=user)
     raw = API_KEY_PREFIX + secrets.token_urlsafe(API_KEY_RANDOM_BYTES)
     api_key = ApiKey.objects.create(
         user=user,

@@ -13,7 +13,7 @@ from django_htmx.middleware import HtmxDetails
 
 from accounts.forms import ApiKeyForm
 from accounts.selectors import api_key_get_for_user, api_key_list
-from accounts.services import api_key_create, api_key_revoke
+from accounts.services import AccountsError, api_key_create, api_key_revoke
 
 
 class HtmxHttpRequest(HttpRequest):
@@ -50,7 +50,11 @@ def api_key_create_view(request: HtmxHttpRequest) -> HttpResponse:
     form = ApiKeyForm(request.POST)
     if not form.is_valid():
         return _render_keys(request, form=form, status=422 if not request.htmx else 200)
-    _, raw = api_key_create(user=request.user, **form.cleaned_data)
+    try:
+        _, raw = api_key_create(user=request.user, **form.cleaned_data)
+    except AccountsError as error:  # the cap on keys held
+        form.add_error(None, str(error))
+        return _render_keys(request, form=form, status=error.status_code if not request.htmx else 200)
     return _render_keys(request, form=ApiKeyForm(), new_key=raw)
 
 

@@ -1,23 +1,28 @@
 """Address and transaction-hash formats per network family.
 
-A typo in a withdrawal address sends money nowhere, so beyond the shape (a
-regular expression per format) the checksums that exist are verified:
-base58check for TRON and legacy Bitcoin addresses, bech32/bech32m (BIP 173 /
-BIP 350) for SegWit ones. EVM addresses are checked for shape only (their
-mixed-case checksum needs Keccak, which the standard library lacks), as are
-Solana addresses (plain base58 public keys, no checksum).
+A typo in a withdrawal address sends money nowhere, so every checksum a format has is verified, by
+the reference codecs: `bech32m` (Pieter Wuille's BIP-173/BIP-350 reference code: bech32 for SegWit
+v0, bech32m for v1+; PyPI's `bech32` is the 2020 BIP-173 code, which takes a v1 address with a
+bech32 checksum, one of BIP-350's invalid vectors), `base58` (base58check for TRON and legacy
+Bitcoin) and EIP-55's mixed-case checksum over `eth-hash`'s Keccak-256 for EVM networks. What stays
+here are the networks' own rules: Bitcoin mainnet's `bc` HRP and version bytes, TRON's 0x41 prefix,
+the payload lengths. Solana addresses are plain base58 public keys (32 bytes): they have no
+checksum to verify.
 """
 
-import hashlib
 import re
+
+import base58
+import bech32m
+from eth_hash.auto import keccak
 
 from payouts.models import WithdrawalNetwork
 
 Format = WithdrawalNetwork.AddressFormat
 
-BASE58_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 _B58 = "[1-9A-HJ-NP-Za-km-z]"
 
+# The shape first: cheap, and it bounds what the codecs are given.
 ADDRESS_PATTERNS: dict[str, re.Pattern] = {
     Format.TRON: re.compile(rf"T{_B58}{{33}}"),
     Format.EVM: re.compile(r"0x[0-9a-fA-F]{40}"),
@@ -36,71 +41,65 @@ BASE58CHECK_VERSIONS: dict[str, set[int]] = {
     Format.TRON: {0x41},
     Format.BITCOIN: {0x00, 0x05},  # P2PKH and P2SH on mainnet
 }
-
-_BECH32_CHARSET = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
-_BECH32_CONST = 1
-_BECH32M_CONST = 0x2BC830A3
-
-
-def _base58_decode(text: str) -> bytes:
-    number = 0
-    for char in text:
-        number = number * 58 + BASE58_ALPHABET.index(char)
-    body = number.to_bytes((number.bit_length() + 7) // 8, "big") if number else b""
-    leading_zeros = len(text) - len(text.lstrip("1"))
-    return b"\x00" * leading_zeros + body
+BASE58CHECK_PAYLOAD_BYTES = 21  # version byte + 20-byte hash
+SEGWIT_MAINNET_HRP = "bc"
+SOLANA_PUBLIC_KEY_BYTES = 32
+SOLANA_SIGNATURE_BYTES = 64
 
 
 def _base58check_ok(text: str, versions: set[int]) -> bool:
-    raw = _base58_decode(text)
-    if len(raw) != 25:
+    try:
+        payload = base58.b58decode_check(text)
+    except ValueError:  # a wrong checksum (or a character outside the alphabet)
         return False
-    payload, checksum = raw[:-4], raw[-4:]
-    if hashlib.sha256(hashlib.sha256(payload).digest()).digest()[:4] != checksum:
-        return False
-    return payload[0] in versions
-
-
-def _bech32_polymod(values: list[int]) -> int:
-    generator = [0x3B6A57B2, 0x26508E6D, 0x1EA119FA, 0x3D4233DD, 0x2A1462B3]
-    checksum = 1
-    for value in values:
-        top = checksum >> 25
-        checksum = (checksum & 0x1FFFFFF) << 5 ^ value
-        for i in range(5):
-            checksum ^= generator[i] if (top >> i) & 1 else 0
-    return checksum
+    return len(payload) == BASE58CHECK_PAYLOAD_BYTES and payload[0] in versions
 
 
 def _segwit_ok(text: str) -> bool:
-    """A mainnet SegWit address with a valid bech32 (v0) or bech32m (v1+) checksum."""
-    if text.lower() != text and text.upper() != text:
-        return False  # mixed case is invalid in bech32
-    hrp, _, data_part = text.lower().rpartition("1")
-    if hrp != "bc" or len(data_part) < 7:
+    """A mainnet SegWit address: bech32 for v0, bech32m for v1+, the program lengths BIP-141 allows."""
+    try:
+        bech32m.decode(SEGWIT_MAINNET_HRP, text)
+    except bech32m.DecodeError:  # the checksum, the HRP (testnet's tb), the version or the length
         return False
-    data = [_BECH32_CHARSET.index(char) for char in data_part]
-    expanded = [ord(c) >> 5 for c in hrp] + [0] + [ord(c) & 31 for c in hrp]
-    constant = _bech32_polymod(expanded + data)
-    version = data[0]
-    if version > 16:
+    return True
+
+
+def _eip55_ok(text: str) -> bool:
+    # eth-utils' is_checksum_address is these lines over eth-hash, but it also brings cytoolz, toolz
+    # and eth-typing (~17 MB installed, ~100 ms import) for them; eth-hash is the Keccak it uses.
+    # An all-lower/upper-case address carries no checksum, so it is refused too: a typo in it would pass.
+    digits = text[2:].lower()
+    digest = keccak(digits.encode("ascii")).hex()
+    expected = "".join(c.upper() if int(h, 16) >= 8 else c for c, h in zip(digits, digest, strict=False))
+    return text[2:] == expected
+
+
+def _base58_length_ok(text: str, length: int) -> bool:
+    try:
+        return len(base58.b58decode(text)) == length
+    except ValueError:
         return False
-    return constant == (_BECH32_CONST if version == 0 else _BECH32M_CONST)
 
 
 def address_is_valid(*, address_format: str, address: str) -> bool:
-    """Whether `address` has the shape (and, where one exists, the checksum) of the format."""
+    """Whether `address` has the shape and, where one exists, the checksum of the format."""
     pattern = ADDRESS_PATTERNS.get(address_format)
     if pattern is None or not pattern.fullmatch(address):
         return False
     if address_format == Format.BITCOIN and address[:3].lower() == "bc1":
         return _segwit_ok(address)
-    versions = BASE58CHECK_VERSIONS.get(address_format)
-    if versions is not None:
-        return _base58check_ok(address, versions)
-    return True
+    if address_format == Format.EVM:
+        return _eip55_ok(address)
+    if address_format == Format.SOLANA:
+        return _base58_length_ok(address, SOLANA_PUBLIC_KEY_BYTES)
+    return _base58check_ok(address, BASE58CHECK_VERSIONS[address_format])
 
 
 def tx_hash_is_valid(*, address_format: str, tx_hash: str) -> bool:
+    """Whether `tx_hash` has the shape of the network's transaction ids (they carry no checksum)."""
     pattern = TX_HASH_PATTERNS.get(address_format)
-    return pattern is not None and pattern.fullmatch(tx_hash) is not None
+    if pattern is None or not pattern.fullmatch(tx_hash):
+        return False
+    if address_format == Format.SOLANA:
+        return _base58_length_ok(tx_hash, SOLANA_SIGNATURE_BYTES)
+    return True

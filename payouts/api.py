@@ -116,6 +116,7 @@ def _paginated(request: Request, view: APIView, queryset, serializer_class) -> R
 
 class MoneyMovingApi(APIView):
     parser_classes = [DecimalJSONParser, FormParser, MultiPartParser]
+    throttle_scope = "money"  # its writes (core.throttling.SensitiveWriteThrottle)
 
 
 class ConversionListCreateApi(MoneyMovingApi):

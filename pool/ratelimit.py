@@ -6,6 +6,14 @@ cache (production) the count is one pipelined INCR + EXPIRE on redis-py's
 asyncio client, one client per event loop; with the in-process cache of the
 embedded default there is no I/O to wait for, so Django's cache is used as is.
 
+Why not the `limits` package (its async Redis storage, moving window): its moving window keeps a
+Redis list of one timestamp per request (up to 1,200 per key a minute at the default) trimmed by a
+Lua script on every call, and its default async client is coredis, a second Redis client and
+connection pool per worker beside redis-py's; the count here is one pipelined INCR + EXPIRE on the
+client the process already has, O(1) per key. The price is the fixed window's edge: a key can spend
+up to twice its limit across a minute boundary, acceptable for a limit that guards capacity, not
+money (the balance holds guard money). Swapping would change the benchmarked per-request work.
+
 The limit fails open: if the cache cannot count, the request is served (and a
 warning logged) rather than everyone refused; after a failure the limiter
 rests for a few seconds instead of timing out on every request.

@@ -104,3 +104,22 @@ def signed_in_client(user, password: str = "correct-horse-battery-staple") -> AP
 @pytest.fixture
 def authed_client(user) -> APIClient:
     return signed_in_client(user)
+
+
+@pytest.fixture(autouse=True)
+def throttle_counts_forgotten():
+    """The management API's throttle counts live in the cache, Redis under `make test`, which
+    outlives a test and a run (whose users get the same ids again): each test starts with none."""
+    import redis
+    from django.core.cache import cache
+
+    if not hasattr(cache, "_cache") or not hasattr(cache._cache, "get_client"):  # in-process cache
+        cache.clear()
+        return
+    client = cache._cache.get_client(write=True)
+    try:
+        keys = list(client.scan_iter(match=cache.make_key("throttle_*"), count=1000))
+        if keys:
+            client.delete(*keys)
+    except redis.RedisError:
+        pass  # no Redis: the tests that need it say so (the `redis` marker)

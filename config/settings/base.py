@@ -192,6 +192,20 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "core.schema.AutoSchema",
     # One error body for every endpoint: {"detail", "code"} (+ "fields" for validation errors).
     "EXCEPTION_HANDLER": "core.exceptions.api_exception_handler",
+    # Per member, per client IP when anonymous, and stricter on writes that move money or mint API
+    # keys (a view's throttle_scope); counted in the default cache, shared by every worker when it is
+    # Redis (core.throttling).
+    "DEFAULT_THROTTLE_CLASSES": [
+        "core.throttling.MemberRateThrottle",
+        "core.throttling.AnonymousRateThrottle",
+        "core.throttling.SensitiveWriteThrottle",
+    ],
+    "DEFAULT_THROTTLE_RATES": {
+        "member": env.str("HEADROOM_THROTTLE_MEMBER", default="600/minute"),
+        "anon": env.str("HEADROOM_THROTTLE_ANON", default="120/minute"),
+        "money": env.str("HEADROOM_THROTTLE_MONEY", default="20/minute"),
+        "api_keys": env.str("HEADROOM_THROTTLE_API_KEYS", default="20/minute"),
+    },
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Headroom management API",
@@ -285,6 +299,8 @@ HEADROOM_UPSTREAM_CONNECT_TIMEOUT = env.float("HEADROOM_UPSTREAM_CONNECT_TIMEOUT
 HEADROOM_UPSTREAM_READ_TIMEOUT = env.float("HEADROOM_UPSTREAM_READ_TIMEOUT", default=120.0)
 HEADROOM_MAX_UPSTREAM_ATTEMPTS = env.int("HEADROOM_MAX_UPSTREAM_ATTEMPTS", default=3)
 HEADROOM_RATE_LIMIT_PER_MINUTE = env.int("HEADROOM_RATE_LIMIT_PER_MINUTE", default=1200)
+# Unrevoked gateway API keys one member may hold (accounts.services.api_key_create refuses with 409 past it).
+HEADROOM_MAX_API_KEYS = env.int("HEADROOM_MAX_API_KEYS", default=50)
 # The output limit of a model whose ProviderModel.max_output_tokens is empty: bounds the cap held and forwarded.
 HEADROOM_DEFAULT_MAX_TOKENS = env.int("HEADROOM_DEFAULT_MAX_TOKENS", default=4096)
 # `n` above this is refused (400); each of the n completions is held for (README "Money integrity").
