@@ -52,10 +52,11 @@ class ApiKeyScopes(BasePermission):
 
 
 def signed_in_recently(request) -> bool:
-    """Whether the session behind the request recorded a sign-in or reauthentication (any method allauth
-    records) within HEADROOM_MONEY_SIGN_IN_SECONDS. allauth keeps those records in the session; with an
-    `X-Session-Token`, DRF's `request.auth` is that token's session."""
-    session = request.auth if isinstance(request.auth, SessionBase) else getattr(request, "session", None)
+    """Whether the session behind the request (a page's or the API's) recorded a sign-in or
+    reauthentication (any method allauth records) within HEADROOM_MONEY_SIGN_IN_SECONDS. allauth keeps
+    those records in the session; with an `X-Session-Token`, DRF's `request.auth` is that token's."""
+    auth = getattr(request, "auth", None)  # a DRF request's; a page's request has none
+    session = auth if isinstance(auth, SessionBase) else getattr(request, "session", None)
     if session is None or not request.user.is_authenticated:
         return False
     records = get_authentication_records(SimpleNamespace(session=session), request.user)

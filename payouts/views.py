@@ -14,6 +14,7 @@ from django.utils.http import urlencode
 from django.views.decorators.http import require_GET, require_POST
 
 from accounts.models import Organization
+from accounts.permissions import signed_in_recently
 from core.money import format_usd
 from billing.selectors import BillingOwner, balances_for_owner
 from exchange.selectors import (
@@ -107,6 +108,10 @@ def conversion_create_view(request: HttpRequest) -> HttpResponse:
 @login_required
 def withdrawal_create_view(request: HttpRequest) -> HttpResponse:
     owner = _owner(request)
+    if not signed_in_recently(request):
+        # Moving money out needs a recent sign-in, on the page as in the API: confirm, then come back.
+        messages.info(request, "Confirm your password to withdraw: a withdrawal needs a recent sign-in.")
+        return redirect(f"{reverse('account_reauthenticate')}?{urlencode({'next': _page_url(owner)})}")
     form = WithdrawalForm(request.POST)
     if form.is_valid():
         try:

@@ -208,11 +208,7 @@ class TestDashboardPage:
     PAGE = "/dashboard/exchange/"
 
     def _browser(self, user):
-        from django.test import Client
-
-        client = Client()
-        client.force_login(user)
-        return client
+        return signed_in_client(user)  # the dashboard's session, signed in just now (withdrawing needs it)
 
     def test_an_owner_sees_and_moves_the_organizations_balance(self, user, org):
         fund_frozen(org, "30.00")

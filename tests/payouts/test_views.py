@@ -11,12 +11,14 @@ from tests.payouts.factories import ADDRESSES, frozen_balance, fund_frozen
 pytestmark = pytest.mark.django_db
 
 PAGE = "/dashboard/exchange/"
+PASSWORD = "correct-horse-battery-staple"  # UserFactory's
 
 
 @pytest.fixture
 def browser(user) -> Client:
+    """The member signed in through the login form just now (withdrawing needs a recent sign-in)."""
     client = Client()
-    client.force_login(user)
+    assert client.post("/accounts/login/", {"login": user.email, "password": PASSWORD}).status_code == 302
     return client
 
 
@@ -60,6 +62,22 @@ def test_withdrawing_from_the_page_and_seeing_it_pending(browser, user):
     assert "Withdrawal of $10.00 requested on USDC-SOL" in page
     assert "<td>Pending</td>" in page
     assert Withdrawal.objects.get().user == user
+
+
+def test_withdrawing_from_a_session_not_signed_in_recently_asks_for_the_password_first(user):
+    fund_frozen(user, "20.00")
+    idle = Client()
+    idle.force_login(user)  # a session that recorded no recent sign-in
+    form = {"amount": "10", "network": "USDC-SOL", "address": ADDRESSES["USDC-SOL"]}
+    response = idle.post(f"{PAGE}withdraw/", form)
+    assert response.status_code == 302
+    assert response["Location"].startswith("/accounts/reauthenticate/?next=")
+    assert not Withdrawal.objects.exists()
+    # confirming the password, then withdrawing, goes through
+    confirmed = idle.post(response["Location"], {"password": PASSWORD})
+    assert confirmed.status_code == 302 and confirmed["Location"] == PAGE
+    assert idle.post(f"{PAGE}withdraw/", form).status_code == 302
+    assert Withdrawal.objects.count() == 1
 
 
 def test_a_refused_withdrawal_says_why(browser, user):
