@@ -9,6 +9,7 @@ from rest_framework.views import APIView
 from accounts.models import ApiKey
 from accounts.permissions import api_key_of
 from accounts.selectors import api_key_get_for_user, api_key_list
+from core.schema import ErrorSerializer
 from accounts.serializers import ApiKeyCreatedSerializer, ApiKeySerializer
 from accounts.services import api_key_create, api_key_revoke
 
@@ -22,7 +23,7 @@ class ApiKeyListCreateApi(APIView):
 
     @extend_schema(
         request=ApiKeySerializer,
-        responses={201: ApiKeyCreatedSerializer},
+        responses={201: ApiKeyCreatedSerializer, 409: ErrorSerializer},
         summary="Create a gateway API key (the key is in this response only)",
     )
     def post(self, request: Request) -> Response:

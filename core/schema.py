@@ -29,6 +29,8 @@ class AutoSchema(openapi.AutoSchema):
             errors["401"] = errors["403"] = ErrorSerializer
         if "{" in self.path:
             errors["404"] = ErrorSerializer
+        if self.view.throttle_classes:
+            errors["429"] = ErrorSerializer  # throttled (core.throttling): Retry-After says when to retry
         for code, serializer in errors.items():
             # An endpoint's own declaration of a code wins.
             responses.setdefault(code, self._get_response_for_code(serializer, code, direction=direction))

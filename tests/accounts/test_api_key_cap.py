@@ -68,3 +68,25 @@ def test_concurrent_creations_never_pass_the_cap(settings):
     # then exactly two get through, and the member holds exactly five
     assert sorted(statuses) == [201] * 2 + [409] * 8
     assert ApiKey.objects.filter(user=user, revoked_at__isnull=True).count() == 5
+
+
+@pytest.mark.django_db
+def test_the_command_refuses_past_the_cap_with_a_message_not_a_traceback(settings):
+    from django.core.management import CommandError, call_command
+
+    from tests.accounts.factories import UserFactory
+
+    settings.HEADROOM_MAX_API_KEYS = 1
+    member = UserFactory()
+    call_command("create_api_key", member.email)
+    with pytest.raises(CommandError, match="API key"):
+        call_command("create_api_key", member.email)
+
+
+def test_the_schema_documents_the_throttle_and_the_cap():
+    from rest_framework.test import APIClient
+
+    schema = APIClient().get("/api/v1/schema?format=json").json()
+    create = schema["paths"]["/api/v1/api-keys"]["post"]["responses"]
+    assert {"409", "429"} <= set(create)
+    assert "429" in schema["paths"]["/api/v1/me"]["get"]["responses"]

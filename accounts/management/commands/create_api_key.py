@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from accounts.models import ApiKey, User
-from accounts.services import api_key_create
+from accounts.services import AccountsError, api_key_create
 
 
 class Command(BaseCommand):
@@ -19,5 +19,8 @@ class Command(BaseCommand):
         user = User.objects.filter(email__iexact=email.strip()).first()
         if user is None:
             raise CommandError(f"No user with e-mail {email}.")
-        _, raw = api_key_create(user=user, name=name, scopes=scopes)
+        try:
+            _, raw = api_key_create(user=user, name=name, scopes=scopes)
+        except AccountsError as refused:  # e.g. the member holds HEADROOM_MAX_API_KEYS keys already
+            raise CommandError(str(refused)) from None
         self.stdout.write(raw)
