@@ -31,6 +31,7 @@ UNAUTHENTICATED = (
 NOT_JSON = "Send the request body as JSON with `Content-Type: application/json`."
 BODY_TOO_LARGE = "The request body is larger than {limit} bytes."
 MALFORMED_JSON = "The request body is not valid JSON."
+TOO_DEEP = "The request body nests deeper than {limit} levels."
 NOT_AN_OBJECT = "The request body must be a JSON object."
 FORBIDDEN_FIELD = "`{field}` cannot be set through Headroom: upstream URLs, keys and headers are chosen by the gateway."
 MODEL_REQUIRED = "`model` is required: use `provider/model` (e.g. `groq/llama-3.1-8b-instant`) or `provider-pool/model`."

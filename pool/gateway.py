@@ -61,6 +61,7 @@ Outcome = RequestRecord.Outcome
 
 FORBIDDEN_FIELDS = ("api_base", "base_url", "api_key", "headers", "extra_headers")
 GATEWAY_FIELDS = ("key_pool_mode",)
+MAX_WRITABLE_DEPTH = 254  # orjson.dumps raises beyond this nesting
 
 
 class Gateway:
@@ -179,10 +180,19 @@ async def _read_json(receive, headers: dict[str, str]) -> dict:
         chunks.append(body)
         if not message.get("more_body", False):
             break
+    raw = b"".join(chunks)
     try:
-        payload = orjson.loads(b"".join(chunks))
+        payload = orjson.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise bad_request(errors.MALFORMED_JSON, code="invalid_json") from None
+    # orjson reads 1,024 levels but writes only 254, and the body is written again (the estimate, the
+    # upstream body, after the hold is placed): refuse what it cannot write now. Only a body with that
+    # many brackets can nest so deep, so most requests pay two byte counts, not a serialisation.
+    if raw.count(b"[") + raw.count(b"{") > MAX_WRITABLE_DEPTH:
+        try:
+            orjson.dumps(payload)
+        except orjson.JSONEncodeError:
+            raise bad_request(errors.TOO_DEEP.format(limit=MAX_WRITABLE_DEPTH), code="invalid_json") from None
     if not isinstance(payload, dict):
         raise bad_request(errors.NOT_AN_OBJECT, code="invalid_json")
     for name in FORBIDDEN_FIELDS:

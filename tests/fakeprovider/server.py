@@ -526,9 +526,11 @@ class FakeProvider:
             inputs = [raw]
         elif isinstance(raw, list) and raw and all(isinstance(x, int) for x in raw):
             inputs = [" ".join(map(str, raw))]  # one pre-tokenised input
-        elif isinstance(raw, list) and raw:
+        elif isinstance(raw, list) and raw and all(
+            isinstance(x, str) or isinstance(x, list) and all(isinstance(t, int) for t in x) for x in raw
+        ):
             inputs = [x if isinstance(x, str) else " ".join(map(str, x)) for x in raw]
-        else:
+        else:  # as OpenAI: a string, or a list of strings, of token ids or of token-id lists; else a 400
             msg = "'input' is a required property"
             return _json(400, wire.openai_error(msg, "invalid_request_error", None, "input"))
         dims = body.get("dimensions")

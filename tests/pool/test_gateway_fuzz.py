@@ -77,9 +77,11 @@ def test_no_body_makes_the_gateway_fail(world, path):
 
 @pytest.mark.parametrize(
     "raw",
-    [b"[" * 100_000 + b"]" * 100_000, b'{"model":' * 5_000 + b"1" + b"}" * 5_000, b"\xff\xfe", b"", b"null",
+    [b"[" * 100_000 + b"]" * 100_000, b'{"model":' * 5_000 + b"1" + b"}" * 5_000,
+     b'{"model": "fakeai/tiny", "messages": ' + b"[" * 300 + b"]" * 300 + b"}", b"\xff\xfe", b"", b"null",
      b'{"messages": "\\ud800"}'],
-    ids=["deep array", "deep object", "not utf-8", "empty", "null", "lone surrogate"],
+    ids=["deep array", "deep object", "readable but not writable again", "not utf-8", "empty", "null",
+         "lone surrogate"],
 )
 def test_malformed_bytes_are_a_400(world, raw):
     member = world.member()
