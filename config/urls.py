@@ -44,3 +44,6 @@ urlpatterns = [
     path("", include("billing.urls")),
     path("", include("accounts.urls")),
 ]
+
+handler404 = "core.views.not_found"
+handler500 = "core.views.server_error"
