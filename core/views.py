@@ -20,3 +20,8 @@ def server_error(request):
     if request.path.startswith(API_PREFIX):
         return JsonResponse({"detail": "Internal server error.", "code": "server_error"}, status=500)
     return defaults.server_error(request)
+
+
+def allauth_not_served(request, *args):
+    """An allauth endpoint Headroom does not offer, answered in allauth's headless error shape."""
+    return JsonResponse({"status": 404, "errors": [{"message": "Not found.", "code": "not_found"}]}, status=404)
