@@ -39,7 +39,8 @@ class ApiKeyAdmin(admin.ModelAdmin):
     exclude = ["hashed_key"]
     # Scopes are the member's grant, made once at creation (api_key_create refuses escalation); staff see
     # them but do not widen a key behind its owner's back.
-    readonly_fields = ["prefix", "scopes", "created_at", "last_used_at"]
+    # The monthly limit too: set at creation only (accounts.models.ApiKey.monthly_limit says why).
+    readonly_fields = ["prefix", "scopes", "monthly_limit", "created_at", "last_used_at"]
 
     def has_add_permission(self, request) -> bool:
         return False  # keys are created by members or `manage.py create_api_key`, which show the key once

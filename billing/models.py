@@ -181,7 +181,7 @@ class BalanceHold(models.Model):
 
 class ApiKeyMonthlySpend(models.Model):
     """What an API key's requests were charged in a calendar month (UTC), fee included: the monthly
-    spend limit's counter.
+    spend limit's counter, kept only for keys with a limit.
 
     The gateway's settlement adds to it (billing_api_key_spend_add, with the request record, in the
     same transaction), so checking a limit reads one row rather than summing the month's requests.

@@ -25,6 +25,7 @@ from django.db.models import (
 from django.db.models.functions import TruncDate, TruncMonth
 from django.utils import timezone
 
+from accounts.models import ApiKey
 from billing.models import ApiKeyMonthlySpend
 from core.money import percent_of
 from exchange.models import ExchangeEarning
@@ -182,11 +183,12 @@ def earning_record_violations(*, limit: int = 50) -> list[str]:
 
 
 def api_key_spend_violations(*, limit: int = 50) -> list[str]:
-    """API key month counters (billing's, which the monthly spend limit reads) that differ from what the
-    key's requests of that month (UTC) were charged, fee included. Registered with billing's
-    `ledger_check` (pool.apps): the records are pool's."""
+    """Month counters of API keys with a monthly spend limit (billing's, which the limit reads) that
+    differ from what the key's requests of that month (UTC) were charged, fee included; a counter of a
+    key without a limit. Registered with billing's `ledger_check` (pool.apps): the records are pool's."""
+    limited = ApiKey.objects.filter(monthly_limit__isnull=False).values("pk")
     records = (
-        RequestRecord.objects.filter(api_key__isnull=False, charged__gt=0)
+        RequestRecord.objects.filter(api_key__in=limited, charged__gt=0)
         .annotate(month=TruncMonth("created_at", tzinfo=dt_timezone.utc))
         .values("api_key_id", "month")
         .annotate(total=Sum("charged"))

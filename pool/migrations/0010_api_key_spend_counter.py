@@ -1,5 +1,6 @@
-"""pool_settle keeps the API keys' monthly spend counters (billing/0009), and this fills them from the
-request records already settled, so that the limit reads one row rather than the month's requests.
+"""pool_settle keeps the monthly spend counters (billing/0009) of API keys with a limit, and this fills
+them from the request records already settled, so that the limit reads one row rather than the
+month's requests.
 
 The counters count what is settled when this runs: a request that a gateway still running the previous
 code settles while the migration runs may be missing from its key's counter for this month (its charge
@@ -19,7 +20,8 @@ BACKFILL = """
 SELECT billing_api_key_spend_add(array_agg(m.api_key_id), array_agg(m.month), array_agg(m.charged))
 FROM (
     SELECT r.api_key_id, date_trunc('month', r.created_at AT TIME ZONE 'UTC')::date AS month, SUM(r.charged)::bigint AS charged
-    FROM pool_requestrecord r WHERE r.api_key_id IS NOT NULL AND r.charged > 0
+    FROM pool_requestrecord r JOIN accounts_apikey k ON k.id = r.api_key_id AND k.monthly_limit IS NOT NULL
+    WHERE r.charged > 0
     GROUP BY 1, 2
 ) m
 HAVING count(*) > 0;

@@ -2,9 +2,11 @@
 -- Frozen: a change to the functions ships as a new file with a new migration.
 --
 -- What changed since 0009:
--- - pool_settle adds what each request was charged (fee included) to its API key's month counter
---   (billing's billing_api_key_spend_add, once for the batch, after the keys' counters and before any
---   account), so that the monthly spend limit reads one row instead of summing the month's requests.
+-- - pool_settle adds what each request of an API key with a monthly spend limit was charged (fee
+--   included) to the key's month counter (billing's billing_api_key_spend_add, once for the batch, after
+--   the keys' counters and before any account), so that the limit reads one row instead of summing the
+--   month's requests. Only for such keys (`limited`): the others pay no write for a limit they lack,
+--   and a key's limit is set at its creation only (accounts.models.ApiKey.monthly_limit).
 --
 -- Why functions: PostgreSQL's cost of a request was mostly fixed cost per statement and per
 -- transaction (a round trip, executor start-up, commit: ~120 µs for a one-row write on its own, ~22 µs
@@ -28,7 +30,7 @@
 --   still has, the BYOK month count, the reward or exchange earning (the rate of what was charged), ledger
 --   transactions and entries (billing's, written for the whole batch after its requests' steps),
 --   cached balances and the holds' release (billing's), the key's counters, the API key's month spend
---   and last use, the end of the lease (each app's function, once per batch). What each
+--   (when it has a limit) and last use, the end of the lease (each app's function, once per batch). What each
 --   request moves was decided by pool.services; this applies it. Lock order: counters other
 --   settlements move too are locked first, in one order (BYOK month counters, then key counters, then
 --   API key month spend counters); accounts are moved once each, last, in id
@@ -153,7 +155,7 @@ BEGIN
     payout_rate numeric, latency_ms bigint, ttfb_ms bigint,
     payer bigint, charge bigint, charge_key text, charge_memo text,
     byok_user bigint, byok_org bigint, month date, free bigint, fee bigint, fee_key text, fee_memo text,
-    hold_ids text[], key_id bigint, stats boolean, touch boolean,
+    hold_ids text[], key_id bigint, stats boolean, touch boolean, limited boolean,
     credit bigint, credit_account bigint, credit_source text, credit_kind text, credit_key text, credit_memo text,
     earning boolean, earning_account bigint, settled_cost bigint, rate numeric, rate_bp bigint, rate_rule bigint,
     rate_scope text
@@ -271,7 +273,7 @@ BEGIN
         IF s.touch THEN
             v_touched := v_touched || s.api_key_id;
         END IF;
-        IF v_charged + v_fee > 0 AND s.api_key_id IS NOT NULL THEN
+        IF v_charged + v_fee > 0 AND s.limited THEN
             a_key := array_append(a_key, s.api_key_id); a_month := array_append(a_month, s.month);
             a_amount := array_append(a_amount, v_charged + v_fee);
         END IF;
