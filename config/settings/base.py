@@ -125,19 +125,19 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
-# Periodic tasks (seconds). Other apps add their entries here too.
+# Periodic tasks (seconds), run by `celery beat` (the Procfile's `beat`, under `make run` too). Other apps
+# add their entries here too. HEADROOM_PERIODIC_SCALE multiplies every interval: below 1 to watch the
+# background work happen (tests, demos), never needed in production.
+HEADROOM_PERIODIC_SCALE = env.float("HEADROOM_PERIODIC_SCALE", default=1.0)
 CELERY_BEAT_SCHEDULE: dict = {
-    "keys-reverify-exchange-balances": {
-        "task": "keys.tasks.provider_keys_reverify_exchange_task",
-        "schedule": 30 * 60,
-    },
-    "keys-probe-paused": {"task": "keys.tasks.provider_keys_probe_paused_task", "schedule": 60},
-    "keys-sweep-disabling-and-pending": {"task": "keys.tasks.provider_keys_sweep_task", "schedule": 60},
-    "billing-release-stale-holds": {"task": "billing.tasks.stale_holds_release_task", "schedule": 10 * 60},
-    "core-delete-expired-idempotency-keys": {
-        "task": "core.tasks.idempotency_records_delete_expired_task",
-        "schedule": 60 * 60,
-    },
+    name: {"task": task, "schedule": seconds * HEADROOM_PERIODIC_SCALE}
+    for name, task, seconds in (
+        ("keys-reverify-exchange-balances", "keys.tasks.provider_keys_reverify_exchange_task", 30 * 60),
+        ("keys-probe-paused", "keys.tasks.provider_keys_probe_paused_task", 60),
+        ("keys-sweep-disabling-and-pending", "keys.tasks.provider_keys_sweep_task", 60),
+        ("billing-release-stale-holds", "billing.tasks.stale_holds_release_task", 10 * 60),
+        ("core-delete-expired-idempotency-keys", "core.tasks.idempotency_records_delete_expired_task", 60 * 60),
+    )
 }
 
 # --- Auth ---------------------------------------------------------------------
