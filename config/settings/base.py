@@ -269,6 +269,9 @@ HEADROOM_IDEMPOTENCY_KEY_TTL = env.int("HEADROOM_IDEMPOTENCY_KEY_TTL", default=2
 # keys (issue 3) settings go below this line.
 # Error pages hide variables and POST fields marked sensitive (provider secrets) even with DEBUG on.
 DEFAULT_EXCEPTION_REPORTER_FILTER = "keys.reporting.SecretSafeExceptionReporterFilter"
+# The offline demo provider (demo/provider.py) and its world (`seed_demo`): local settings only.
+HEADROOM_DEMO_PROVIDER = False
+HEADROOM_DEMO_WORD_SECONDS = env.float("HEADROOM_DEMO_WORD_SECONDS", default=0.04)
 # The provider catalogue file (empty: keys/providers.toml).
 HEADROOM_PROVIDERS_FILE = env.str("HEADROOM_PROVIDERS_FILE", default="")
 # Let operators point providers at loopback/private addresses and plain http (tests, local demos).
