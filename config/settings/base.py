@@ -317,8 +317,9 @@ HEADROOM_SSE_KEEPALIVE_SECONDS = env.float("HEADROOM_SSE_KEEPALIVE_SECONDS", def
 HEADROOM_POOL_REWARD_PERCENT = "5"
 HEADROOM_BYOK_FREE_REQUESTS = 1_000_000
 HEADROOM_BYOK_FEE_PERCENT = "5"
-# An open balance hold older than this belongs to a request that died with its process.
-HEADROOM_STALE_HOLD_SECONDS = 3600
+# An open balance hold (or key lease) older than this belongs to a request that died with its process:
+# beat's sweeps release it (README "Faults"). It must exceed the longest request the gateway lets run.
+HEADROOM_STALE_HOLD_SECONDS = env.int("HEADROOM_STALE_HOLD_SECONDS", default=3600)
 # The gateway's own PostgreSQL pool (pool.hotpath.db), next to Django's: connections per worker process.
 HEADROOM_GATEWAY_DB_POOL_MIN = env.int("HEADROOM_GATEWAY_DB_POOL_MIN", default=2)
 HEADROOM_GATEWAY_DB_POOL_MAX = env.int("HEADROOM_GATEWAY_DB_POOL_MAX", default=4)
