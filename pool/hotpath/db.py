@@ -23,9 +23,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
+import psycopg
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connection
+from django.db import utils as django_db
 from psycopg import AsyncConnection, AsyncRawCursor
 from psycopg.pq import TransactionStatus
 
@@ -33,6 +35,12 @@ T = TypeVar("T")
 _pools: dict[tuple[asyncio.AbstractEventLoop, bool], "asyncio.Task"] = {}  # (loop, durable) -> opening
 _lanes: dict[tuple[asyncio.AbstractEventLoop, str], "Lane"] = {}  # (loop, name) -> lane
 _connect_kwargs_cache: list[dict] = []  # one process, one database
+_checks: dict[tuple[asyncio.AbstractEventLoop, bool], "asyncio.Task"] = {}  # (loop, durable) -> pool check
+
+# What the database being down or restarting raises, on the hot path's connections (psycopg's, a
+# pool's PoolTimeout included) and through Django's (wrapped): the gateway answers 503, not 500.
+UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, django_db.OperationalError,
+               django_db.InterfaceError)
 
 
 def _run(fn: Callable[..., T], kwargs: dict) -> T:
@@ -215,11 +223,33 @@ async def lane_fetchall(name: str, sql: str, params: Sequence, *, durable: bool 
     return await lane.fetchall(sql, params)
 
 
+def after_unavailable() -> None:
+    """After a statement failed because the database went away: have each of the loop's pools test its
+    idle connections in the background, so that the connections that died with a restarted server are
+    replaced before requests take them, rather than failing one request each. A lane needs no help:
+    its broken connection was closed when its statement failed (Lane.fetchall). At most one check per
+    pool at a time; never on the success path."""
+    loop = asyncio.get_running_loop()
+    for key, opening in list(_pools.items()):
+        running = _checks.get(key)
+        if key[0] is not loop or not opening.done() or opening.cancelled() or opening.exception() is not None \
+                or running is not None and not running.done():
+            continue
+        _checks[key] = loop.create_task(_check(opening.result()))
+
+
+async def _check(pool) -> None:
+    with contextlib.suppress(Exception):
+        await pool.check()
+
+
 async def close_all() -> None:
     """Close the current loop's lanes and pools (ASGI lifespan shutdown)."""
     loop = asyncio.get_running_loop()
     for key in [k for k in _lanes if k[0] is loop]:
         await _lanes.pop(key).close()
+    for key in [k for k in _checks if k[0] is loop]:
+        _checks.pop(key).cancel()
     for key in [k for k in _pools if k[0] is loop]:
         opening = _pools.pop(key)
         with contextlib.suppress(Exception):

@@ -38,6 +38,8 @@ def own_redis():
 def books_balanced(own_postgres):
     """After the test: no hold or lease left, and `manage.py ledger_check` clean on the fault database."""
     yield own_postgres
+    if not own_postgres.running:
+        own_postgres.start()  # a test that failed while it was stopped; the next ones need it
     assert own_postgres.scalar("SELECT count(*) FROM billing_balancehold") == 0
     assert own_postgres.scalar("SELECT count(*) FROM keys_providerkeylease") == 0
     manage(own_postgres.url, "ledger_check")

@@ -38,12 +38,15 @@ class OwnPostgres:
         self.pgdata = pgdata
         self.server = embedded.postgres_start(pgdata)
         self.url = self.server.url
+        self.running = True
 
     def stop(self) -> None:
         self.server.stop()
+        self.running = False
 
     def start(self) -> None:
         self.server = embedded.postgres_start(self.pgdata)
+        self.running = True
         assert self.server.url == self.url  # the same socket: clients reconnect to the same address
 
     def sql(self, statement: str, params=()) -> list[tuple]:
