@@ -122,6 +122,17 @@ CELERY_TASK_ALWAYS_EAGER = env.bool("HEADROOM_CELERY_EAGER", default=not REDIS_U
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# With acks_late, a task whose worker died before acknowledging it stays in Redis and is handed out
+# again once it is this old (README "Faults"). It must exceed the longest task and the longest
+# countdown (a message waiting longer would be handed out twice). kombu looks for such messages every
+# 100 s by default; every tenth of the timeout here, so a dead worker's task runs again within about
+# 1.1 × the timeout.
+HEADROOM_CELERY_VISIBILITY_TIMEOUT = env.int("HEADROOM_CELERY_VISIBILITY_TIMEOUT", default=3600)
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": HEADROOM_CELERY_VISIBILITY_TIMEOUT,
+    "unacked_restore_interval": max(1, HEADROOM_CELERY_VISIBILITY_TIMEOUT // 10),
+    "unacked_restore_throttle": 1,
+}
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
