@@ -7,7 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.services import OwnPostgres, OwnRedis, manage
+from tests.fakeprovider import FakeProvider
+from tests.faults.services import OwnPostgres, OwnRedis, manage, seed
+
+# Each test's provider, keys and member (tests/faults/seed.py), seeded together: one Django start.
+WORLDS = {"sigkill": {"platform_keys": 3}, "pgrestart": {"platform_keys": 2}, "redisdown": {"platform_keys": 2},
+          "celerykill": {"platform_keys": 0}}
 
 
 @pytest.fixture(scope="session")
@@ -23,6 +28,24 @@ def own_postgres():
     finally:
         postgres.stop()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def fake():
+    with FakeProvider() as provider:
+        yield provider
+
+
+@pytest.fixture(scope="session")
+def worlds(own_postgres, fake):
+    return seed(own_postgres.url, fake_url=fake.url, worlds=WORLDS)
+
+
+@pytest.fixture
+def world(request, worlds, fake):
+    """The calling test's world (its module's WORLD), on a fake reset to its defaults afterwards."""
+    yield worlds[request.module.WORLD]
+    fake.reset()
 
 
 @pytest.fixture

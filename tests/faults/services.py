@@ -98,7 +98,7 @@ def manage(database_url: str, *args: str, timeout: float = 120) -> str:
 
 
 def seed(database_url: str, **options) -> dict:
-    """Create a test's data in the fault tests' database (tests/faults/seed.py, in a subprocess: this
+    """Create the tests' data in the fault tests' database (tests/faults/seed.py, in a subprocess: this
     process's Django talks to pytest's database)."""
     result = subprocess.run([sys.executable, "-m", "tests.faults.seed", json.dumps(options)], cwd=ROOT,
                             env=django_env(database_url), capture_output=True, text=True, timeout=120)

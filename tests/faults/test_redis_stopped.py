@@ -8,41 +8,42 @@ import time
 import httpx
 
 from tests.faults.load import Load
-from tests.faults.services import seed, topology_env
-from tests.fakeprovider import FakeProvider
+from tests.faults.services import topology_env
 from tests.topology.processes import Topology, free_port, wait_for
 
-DOWN_S = 3
+WORLD = "redisdown"
+DOWN_S = 2
 
 
-def test_redis_stopped_under_load_the_gateway_serves_and_celery_recovers(tmp_path, own_redis, books_balanced):
-    postgres = books_balanced
-    with FakeProvider(delay=0.05) as fake:
-        data = seed(postgres.url, slug="redisdown", fake_url=fake.url, platform_keys=2)
-        env = topology_env(tmp_path, postgres, own_redis)
-        with Topology(env=env, port=free_port(), log=tmp_path / "honcho.log") as topology:
-            topology.wait_healthy()
-            api = httpx.Client(base_url=f"{topology.url}/api/v1", headers={"Authorization": f"Bearer {data['api_key']}"})
-            with Load(url=topology.url, api_key=data["api_key"], model=data["model"]) as load:
-                wait_for(lambda: load.count() >= 10, timeout=30, what="the load to be served")
-                own_redis.stop()
-                down_at = time.monotonic()
-                time.sleep(DOWN_S)
-                own_redis.start()
-                up_at = time.monotonic()
-                while_down = [c for c in load.calls if down_at <= c.started and c.ended <= up_at]
+def test_redis_stopped_under_load_the_gateway_serves_and_celery_recovers(tmp_path, fake, world, own_redis,
+                                                                         books_balanced):
+    postgres, data = books_balanced, world
+    fake.delay = 0.05
+    env = topology_env(tmp_path, postgres, own_redis)
+    with Topology(env=env, port=free_port(), log=tmp_path / "honcho.log", processes=("web", "worker")) as topology:
+        topology.wait_healthy()
+        api = httpx.Client(base_url=f"{topology.url}/api/v1", headers={"Authorization": f"Bearer {data['api_key']}"})
+        with Load(url=topology.url, api_key=data["api_key"], model=data["model"]) as load:
+            wait_for(lambda: load.count() >= 10, timeout=30, what="the load to be served")
+            own_redis.stop()
+            down_at = time.monotonic()
+            time.sleep(DOWN_S)
+            own_redis.start()
+            up_at = time.monotonic()
+            while_down = [c for c in load.calls if down_at <= c.started and c.ended <= up_at]
 
-                # Celery, reconnected: the worker verifies a key added now
-                added = api.post("/keys", json={"provider": data["provider"], "secret": f"sk-fake-redis-{'z' * 24}",
-                                                "byok": True})
-                assert added.status_code == 201, added.text
-                wait_for(lambda: api.get(f"/keys/{added.json()['id']}").json()["status"] == "active", timeout=60,
-                         what="the Celery worker to verify a key after Redis came back")
-                verified_after = time.monotonic() - up_at
-            api.close()
-        calls = list(load.calls)
-        transitions = postgres.scalar("SELECT count(*) FROM keys_providerkeytransition WHERE key_id = %s"
-                                      " AND to_status = 'active'", [added.json()["id"]])
+            # Celery, reconnected: the worker verifies a key added now
+            added = api.post("/keys", json={"provider": data["provider"], "secret": f"sk-fake-redis-{'z' * 24}",
+                                            "byok": True})
+            assert added.status_code == 201, added.text
+            wait_for(lambda: api.get(f"/keys/{added.json()['id']}").json()["status"] == "active", timeout=60,
+                     what="the Celery worker to verify a key after Redis came back")
+            verified_after = time.monotonic() - up_at
+        assert topology.process.poll() is None  # honcho still runs: no process of it died meanwhile
+        api.close()
+    calls = list(load.calls)
+    transitions = postgres.scalar("SELECT count(*) FROM keys_providerkeytransition WHERE key_id = %s"
+                                  " AND to_status = 'active'", [added.json()["id"]])
     assert while_down and all(c.outcome == "ok" for c in while_down), {c.outcome for c in while_down}
     assert all(c.outcome == "ok" for c in calls), {c.outcome for c in calls}
     assert transitions == 1
