@@ -1,5 +1,6 @@
 """A batcher's lane (pool.hotpath.db.Lane): one connection per event loop and kind of statement, kept
-across statements and replaced only when it breaks.
+across statements and replaced only when it breaks; and the pools' recovery once the database has
+gone away (db.after_unavailable).
 
 Why these exist: the lane replaced a pool checkout per statement, which cost the gateway about a third
 of its database CPU at concurrency 1 (bench/README.md); they pin how the lane keeps, refuses and
@@ -75,5 +76,33 @@ def test_a_lane_replaces_a_connection_idle_or_old_past_its_limit(limit, monkeypa
         assert await _pid() == first  # within both limits: kept
         monkeypatch.setattr(db.Lane, limit, -1.0)
         assert await _pid() != first
+
+    run(scenario())
+
+
+def test_after_a_failure_for_lack_of_the_database_the_pool_replaces_its_other_dead_connections():
+    """Why: after a PostgreSQL restart every idle pooled connection is dead, and psycopg's pool finds
+    out only by handing each one to a request that then fails (a 503 each); the gateway, on the first
+    such failure, has the pool test its idle connections (db.after_unavailable)."""
+    async def scenario():
+        pool = await db._pool(True)
+        await pool.wait()  # its minimum of connections, idle
+        dead = [conn.info.backend_pid for conn in pool._pool]
+        assert len(dead) >= 2
+        async with await psycopg.AsyncConnection.connect(**await db._kwargs()) as other:
+            for pid in dead:  # what a server restart does to them
+                await other.execute("SELECT pg_terminate_backend(%s)", [pid])
+            while (await (await other.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)",
+                                              [dead])).fetchone())[0]:
+                await asyncio.sleep(0.02)
+        with pytest.raises(psycopg.OperationalError):
+            await db.pg_fetchone(PID, [])
+        db.after_unavailable()
+        await db._checks[(asyncio.get_running_loop(), True)]
+
+        # every connection the pool hands out now is alive, the idle ones and new ones alike
+        pids = await asyncio.gather(*(db.pg_fetchone("SELECT pg_backend_pid() FROM pg_sleep(0.1)", [])
+                                      for _ in range(pool.max_size)))
+        assert not {row[0] for row in pids} & set(dead)
 
     run(scenario())
