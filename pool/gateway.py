@@ -138,16 +138,17 @@ async def _handle(scope, receive, send, path: str) -> None:
         await endpoint[1](scope, receive, send, headers, raw_key)
     except GatewayError as error:
         await send_json(send, error.status, error.body(), extra=error.headers)
-    except db.UNAVAILABLE as error:
-        # The database is down or restarting: a retryable 503 (the client's SDK retries it), not a 500.
-        # Whatever the request held is released by its failed settlement or, if that failed too, by
-        # beat's stale-hold sweep (README "Faults").
-        logger.warning("gateway request on %s: database unavailable (%s)", path, error.__class__.__name__)
-        db.after_unavailable()
-        with contextlib.suppress(Exception):  # nothing more to send if the response had started
-            await send_json(send, 503, GatewayError(503, errors.DATABASE_UNAVAILABLE, type="api_error",
-                                                    code="database_unavailable").body(), extra={"retry-after": "1"})
-    except Exception:
+    except Exception as error:
+        if db.unavailable(error):
+            # The database is down or restarting: a retryable 503 (the SDKs retry it), not a 500 logged as
+            # a bug. What the request held is released by its failed settlement or, if that failed too,
+            # by beat's stale-hold sweep (README "Faults").
+            logger.warning("gateway request on %s: database unavailable (%s)", path, error.__class__.__name__)
+            db.after_unavailable()
+            with contextlib.suppress(Exception):  # nothing more to send if the response had started
+                await send_json(send, 503, GatewayError(503, errors.DATABASE_UNAVAILABLE, type="api_error",
+                                                        code="database_unavailable").body(), extra={"retry-after": "1"})
+            return
         # Logged without locals or request data (no secrets, no prompts); the client gets a stable shape.
         logger.exception("gateway request failed on %s", path)
         with contextlib.suppress(Exception):

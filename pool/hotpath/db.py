@@ -37,11 +37,6 @@ _lanes: dict[tuple[asyncio.AbstractEventLoop, str], "Lane"] = {}  # (loop, name)
 _connect_kwargs_cache: list[dict] = []  # one process, one database
 _checks: dict[tuple[asyncio.AbstractEventLoop, bool], "asyncio.Task"] = {}  # (loop, durable) -> pool check
 
-# What the database being down or restarting raises, on the hot path's connections (psycopg's, a
-# pool's PoolTimeout included) and through Django's (wrapped): the gateway answers 503, not 500.
-UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, django_db.OperationalError,
-               django_db.InterfaceError)
-
 
 def _run(fn: Callable[..., T], kwargs: dict) -> T:
     try:
@@ -221,6 +216,26 @@ async def lane_fetchall(name: str, sql: str, params: Sequence, *, durable: bool 
     if lane is None:
         lane = _lanes[key] = Lane(name, durable=durable)
     return await lane.fetchall(sql, params)
+
+
+# The server's own word that it is going or not yet there: admin_shutdown, crash_shutdown,
+# cannot_connect_now (besides class 08, connection exceptions).
+LOST_SERVER_STATES = frozenset({"57P01", "57P02", "57P03"})
+
+
+def unavailable(error: BaseException) -> bool:
+    """Whether `error` says the database could not be reached or dropped the session (stopped,
+    restarting, a connection cut, a pool's PoolTimeout), on the hot path's connections or through
+    Django's (which wraps psycopg's errors): the gateway answers 503 for those, not 500. A deadlock or a
+    cancelled statement is an OperationalError too, but a fault of the statement, not of the server."""
+    if isinstance(error, django_db.Error) and error.__cause__ is not None:
+        error = error.__cause__
+    if not isinstance(error, (psycopg.OperationalError, psycopg.InterfaceError, django_db.OperationalError,
+                              django_db.InterfaceError)):
+        return False
+    # No SQLSTATE: the client's own finding (no server, a connection closed under it, a pool timeout).
+    sqlstate = getattr(error, "sqlstate", None)
+    return sqlstate is None or sqlstate.startswith("08") or sqlstate in LOST_SERVER_STATES
 
 
 def after_unavailable() -> None:

@@ -95,8 +95,9 @@ def test_after_a_failure_for_lack_of_the_database_the_pool_replaces_its_other_de
             while (await (await other.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)",
                                               [dead])).fetchone())[0]:
                 await asyncio.sleep(0.02)
-        with pytest.raises(psycopg.OperationalError):
+        with pytest.raises(psycopg.OperationalError) as failed:
             await db.pg_fetchone(PID, [])
+        assert db.unavailable(failed.value)  # the gateway's 503, and the cue for the check below
         db.after_unavailable()
         await db._checks[(asyncio.get_running_loop(), True)]
 
@@ -106,3 +107,24 @@ def test_after_a_failure_for_lack_of_the_database_the_pool_replaces_its_other_de
         assert not {row[0] for row in pids} & set(dead)
 
     run(scenario())
+
+
+def test_only_a_lost_server_counts_as_the_database_being_unavailable():
+    """Why: the gateway answers 503 (retry) for those and 500 (a bug, logged) for everything else; a
+    deadlock or a cancelled statement is an OperationalError as well, but the statement's fault."""
+    from django.db import utils as django_db
+
+    def wrapped(error):  # as Django's ORM raises it (db_call)
+        outer = django_db.OperationalError(*error.args)
+        outer.__cause__ = error
+        return outer
+
+    lost = [psycopg.errors.AdminShutdown("terminating connection"), psycopg.errors.CannotConnectNow("starting up"),
+            psycopg.errors.ConnectionFailure("connection failure"), psycopg.OperationalError("connection failed"),
+            psycopg.InterfaceError("the connection is closed"), wrapped(psycopg.OperationalError("connection failed"))]
+    faulty = [psycopg.errors.DeadlockDetected("deadlock"), psycopg.errors.QueryCanceled("canceled"),
+              psycopg.errors.SerializationFailure("could not serialize"),
+              psycopg.errors.DivisionByZero("division by zero"), wrapped(psycopg.errors.DeadlockDetected("deadlock")),
+              RuntimeError("a bug")]
+    assert [db.unavailable(e) for e in lost] == [True] * len(lost)
+    assert [db.unavailable(e) for e in faulty] == [False] * len(faulty)
