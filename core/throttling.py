@@ -7,6 +7,8 @@ workers count together. A throttled request answers 429 with Retry-After and the
 shape (core.exceptions: code "throttled").
 """
 
+import logging
+
 from allauth.account.adapter import get_adapter
 from django.core.exceptions import PermissionDenied
 from rest_framework.permissions import SAFE_METHODS
@@ -14,6 +16,7 @@ from rest_framework.settings import api_settings
 from rest_framework.throttling import AnonRateThrottle, ScopedRateThrottle, UserRateThrottle
 
 UNKNOWN_CLIENT = "unknown"
+logger = logging.getLogger(__name__)
 
 
 class _SettingsRates:
@@ -22,6 +25,18 @@ class _SettingsRates:
     @property
     def THROTTLE_RATES(self) -> dict:  # noqa: N802 (DRF's name)
         return api_settings.DEFAULT_THROTTLE_RATES
+
+    def allow_request(self, request, view) -> bool:
+        # With the cache (Redis) down, count nothing and serve, as the gateway's own rate limit does
+        # (pool.ratelimit): a limit that guards capacity must not turn a Redis outage into 500s.
+        from redis import RedisError
+
+        try:
+            return super().allow_request(request, view)
+        except RedisError as error:
+            logger.warning("throttle %s not applied: cache unavailable (%s)", self.__class__.__name__,
+                           error.__class__.__name__)
+            return True
 
     def get_ident(self, request) -> str:
         # The login limiter's client-IP rule (trusted proxies: DJANGO_TRUSTED_PROXY_COUNT or

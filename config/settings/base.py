@@ -299,7 +299,7 @@ HEADROOM_PROBE_BACKOFF_SECONDS = 300
 # A DISABLING key is retired after this long even if a crashed process left its in-flight count up.
 HEADROOM_DISABLING_TIMEOUT = 900
 # A PENDING key whose verification was lost or gave up is verified again after this long.
-HEADROOM_PENDING_RECHECK_AFTER = 600
+HEADROOM_PENDING_RECHECK_AFTER = env.int("HEADROOM_PENDING_RECHECK_AFTER", default=600)
 
 # exchange and payouts (issue 5) settings go below this line.
 # The payout rate (percent of settled cost) while no global rule row exists;

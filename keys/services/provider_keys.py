@@ -12,6 +12,7 @@ Side effects (verification, draining) are Celery tasks enqueued with `transactio
 take key ids only.
 """
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -37,6 +38,8 @@ from keys.models import (
     ProviderKeyTransition,
 )
 from keys.selectors import pool_consent_for_user
+
+logger = logging.getLogger(__name__)
 
 Status = ProviderKey.Status
 
@@ -146,11 +149,24 @@ def provider_key_transition(
 
 
 def _enqueue(task_name: str, key_id: int) -> None:
-    """Enqueue a keys task by id once the current transaction commits."""
+    """Enqueue a keys task by id once the current transaction commits. With the broker (Redis) down
+    the change stands and the task is left to beat's sweep, which enqueues it again for every PENDING
+    key older than HEADROOM_PENDING_RECHECK_AFTER and every DISABLING key (provider_keys_sweep_task):
+    the request that made the change still succeeds."""
+    from kombu.exceptions import OperationalError as BrokerUnavailable
+
     from keys import tasks
 
     task = getattr(tasks, task_name)
-    transaction.on_commit(lambda: task.delay(key_id))
+
+    def send() -> None:
+        try:
+            task.delay(key_id)
+        except BrokerUnavailable as error:
+            logger.warning("%s for key %s not enqueued, left to the sweep: broker unavailable (%s)", task_name,
+                           key_id, error.__class__.__name__)
+
+    transaction.on_commit(send)
 
 
 def _require_org_owner(*, organization: Organization, actor: User | None) -> None:
