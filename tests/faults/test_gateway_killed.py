@@ -11,7 +11,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import psutil
-import pytest
 from openai import OpenAI
 
 from tests.faults.services import topology_env
