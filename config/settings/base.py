@@ -121,6 +121,11 @@ CELERY_RESULT_BACKEND = None
 CELERY_TASK_ALWAYS_EAGER = env.bool("HEADROOM_CELERY_EAGER", default=not REDIS_URL)
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_ACKS_LATE = True
+# Every task is idempotent, so a task whose worker died under it runs again rather than being lost:
+# a killed child process requeues its task at once; a whole worker killed leaves its task unacked in
+# Redis, redelivered once the visibility timeout has passed (it must exceed the longest task).
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env.int("HEADROOM_CELERY_VISIBILITY_TIMEOUT", default=3600)}
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
@@ -318,10 +323,13 @@ HEADROOM_POOL_REWARD_PERCENT = "5"
 HEADROOM_BYOK_FREE_REQUESTS = 1_000_000
 HEADROOM_BYOK_FEE_PERCENT = "5"
 # An open balance hold older than this belongs to a request that died with its process.
-HEADROOM_STALE_HOLD_SECONDS = 3600
+HEADROOM_STALE_HOLD_SECONDS = env.int("HEADROOM_STALE_HOLD_SECONDS", default=3600)
 # The gateway's own PostgreSQL pool (pool.hotpath.db), next to Django's: connections per worker process.
 HEADROOM_GATEWAY_DB_POOL_MIN = env.int("HEADROOM_GATEWAY_DB_POOL_MIN", default=2)
 HEADROOM_GATEWAY_DB_POOL_MAX = env.int("HEADROOM_GATEWAY_DB_POOL_MAX", default=4)
+# How long a gateway request waits for a pooled connection (all busy, or the database unreachable and
+# the pool reconnecting) before it answers 503 database_unavailable.
+HEADROOM_GATEWAY_DB_WAIT_SECONDS = env.float("HEADROOM_GATEWAY_DB_WAIT_SECONDS", default=5.0)
 # Server-side prepared statements after this many uses of a statement; -1 turns them off (PgBouncer
 # in transaction mode does not keep them).
 HEADROOM_DB_PREPARE_THRESHOLD = env.int("HEADROOM_DB_PREPARE_THRESHOLD", default=5)
