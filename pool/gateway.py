@@ -145,8 +145,9 @@ async def _handle(scope, receive, send, path: str) -> None:
         await send_json(send, error.status, error.body(), extra=error.headers)
     except DATABASE_DOWN:
         # PostgreSQL unreachable (restarting, failing over, a network cut): every statement refuses at
-        # once, or the pool's wait for a connection (HEADROOM_GATEWAY_DB_WAIT_SECONDS) runs out. Before
-        # the response began, nothing was settled, and a hold taken stays until its request's sweep.
+        # once, or the pool's wait for a connection (HEADROOM_GATEWAY_DB_WAIT_SECONDS) runs out. A hold
+        # already taken stays until the sweep voids it; a settlement the dying server committed without
+        # acknowledging it stands (README, "When something dies").
         logger.warning("gateway request on %s: the database is unreachable", path)
         error = GatewayError(503, errors.DATABASE_UNAVAILABLE, type="api_error", code="database_unavailable",
                              headers={"Retry-After": "1"})
