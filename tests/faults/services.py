@@ -10,6 +10,7 @@ tests' settings.
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import json
 import os
@@ -53,6 +54,8 @@ class OwnPostgres:
     def close(self) -> None:
         if self.server is not None:
             embedded.Postgres(server=self.server, url=self.url).stop()
+            # Stopped now: the wheel's exit hook would only log, after pytest has closed its streams.
+            atexit.unregister(self.server._cleanup)
 
 
 @dataclass

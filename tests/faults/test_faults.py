@@ -60,7 +60,7 @@ def test_a_gateway_worker_killed_mid_stream_leaves_nothing_the_sweep_does_not_vo
     postgres, redis, world = services
     env = django_env(postgres, redis, HEADROOM_STALE_HOLD_SECONDS=str(STALE_HOLD_SECONDS))
     gateway = Gateway(env)
-    fake.script(PLATFORM_SECRET, first_byte_delay=30)  # every stream waits on the provider when the worker dies
+    fake.script(PLATFORM_SECRET, first_byte_delay=10)  # every stream waits on the provider when the worker dies
     headers = {"Authorization": f"Bearer {world['api_key']}"}
 
     def stream(_):
