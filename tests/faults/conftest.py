@@ -1,3 +1,7 @@
+import shutil
+import tempfile
+from pathlib import Path
+
 import pytest
 
 from tests.fakeprovider import FakeProvider
@@ -26,9 +30,12 @@ def fake():
 
 
 @pytest.fixture(scope="module")
-def services(tmp_path_factory, fake):
+def services(fake):
     """The module's own PostgreSQL (migrated, with a provider, a platform key and a paying member) and Redis."""
-    postgres, redis = OwnPostgres(tmp_path_factory.mktemp("faults") / "pgdata"), OwnRedis()
+    # Not under pytest's temporary directory: a pytest session starting meanwhile (another checkout's)
+    # resets /tmp/pytest-of-<user> to 0700, and the server runs as its own system user.
+    home = Path(tempfile.mkdtemp(prefix="headroom-faults-"))
+    postgres, redis = OwnPostgres(home / "pgdata"), OwnRedis()
     try:
         postgres.start()
         redis.start()
@@ -39,6 +46,7 @@ def services(tmp_path_factory, fake):
     finally:
         redis.close()
         postgres.close()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
