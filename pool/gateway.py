@@ -140,14 +140,18 @@ async def _handle(scope, receive, send, path: str) -> None:
         await send_json(send, error.status, error.body(), extra=error.headers)
     except Exception as error:
         if db.unavailable(error):
-            # The database is down or restarting: a retryable 503 (the SDKs retry it), not a 500 logged as
-            # a bug. What the request held is released by its failed settlement or, if that failed too,
-            # by beat's stale-hold sweep (README "Faults").
-            logger.warning("gateway request on %s: database unavailable (%s)", path, error.__class__.__name__)
+            # PostgreSQL unreachable (restarting, failing over, a network cut): every statement refuses at
+            # once, or the pool's wait for a connection (HEADROOM_GATEWAY_DB_WAIT_SECONDS) runs out. A hold
+            # already taken stays until the sweep voids it; a settlement the dying server committed without
+            # acknowledging it stands (README, "When something dies"). Its pools drop their dead
+            # connections in the background.
+            logger.warning("gateway request on %s: the database is unreachable (%s)", path,
+                           error.__class__.__name__)
             db.after_unavailable()
+            unavailable = GatewayError(503, errors.DATABASE_UNAVAILABLE, type="api_error",
+                                       code="database_unavailable", headers={"Retry-After": "1"})
             with contextlib.suppress(Exception):  # nothing more to send if the response had started
-                await send_json(send, 503, GatewayError(503, errors.DATABASE_UNAVAILABLE, type="api_error",
-                                                        code="database_unavailable").body(), extra={"retry-after": "1"})
+                await send_json(send, unavailable.status, unavailable.body(), extra=unavailable.headers)
             return
         # Logged without locals or request data (no secrets, no prompts); the client gets a stable shape.
         logger.exception("gateway request failed on %s", path)

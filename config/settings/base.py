@@ -121,18 +121,20 @@ CELERY_RESULT_BACKEND = None
 CELERY_TASK_ALWAYS_EAGER = env.bool("HEADROOM_CELERY_EAGER", default=not REDIS_URL)
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_ACKS_LATE = True
-CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-# With acks_late, a task whose worker died before acknowledging it stays in Redis and is handed out
-# again once it is this old (README "Faults"). It must exceed the longest task and the longest
-# countdown (a message waiting longer would be handed out twice). kombu looks for such messages every
-# 100 s by default; every tenth of the timeout here, so a dead worker's task runs again within about
-# 1.1 × the timeout.
+# Every task is idempotent, so a task whose worker died under it runs again rather than being lost:
+# a killed child process requeues its task at once; a whole worker killed leaves its task unacked in
+# Redis, redelivered once the visibility timeout has passed (it must exceed the longest task and the
+# longest countdown: a message waiting longer would be handed out twice). kombu looks for such
+# messages every 100 s by default; every tenth of the timeout here, so a dead worker's task runs again
+# within about 1.1 × the timeout.
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
 HEADROOM_CELERY_VISIBILITY_TIMEOUT = env.int("HEADROOM_CELERY_VISIBILITY_TIMEOUT", default=3600)
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": HEADROOM_CELERY_VISIBILITY_TIMEOUT,
     "unacked_restore_interval": max(1, HEADROOM_CELERY_VISIBILITY_TIMEOUT // 10),
     "unacked_restore_throttle": 1,
 }
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
@@ -329,11 +331,14 @@ HEADROOM_POOL_REWARD_PERCENT = "5"
 HEADROOM_BYOK_FREE_REQUESTS = 1_000_000
 HEADROOM_BYOK_FEE_PERCENT = "5"
 # An open balance hold (or key lease) older than this belongs to a request that died with its process:
-# beat's sweeps release it (README "Faults"). It must exceed the longest request the gateway lets run.
+# beat's sweeps void it. It must exceed the longest request the gateway lets run.
 HEADROOM_STALE_HOLD_SECONDS = env.int("HEADROOM_STALE_HOLD_SECONDS", default=3600)
 # The gateway's own PostgreSQL pool (pool.hotpath.db), next to Django's: connections per worker process.
 HEADROOM_GATEWAY_DB_POOL_MIN = env.int("HEADROOM_GATEWAY_DB_POOL_MIN", default=2)
 HEADROOM_GATEWAY_DB_POOL_MAX = env.int("HEADROOM_GATEWAY_DB_POOL_MAX", default=4)
+# How long a gateway request waits for a pooled connection (all busy, or the database unreachable and
+# the pool reconnecting) before it answers 503 database_unavailable.
+HEADROOM_GATEWAY_DB_WAIT_SECONDS = env.float("HEADROOM_GATEWAY_DB_WAIT_SECONDS", default=5.0)
 # Server-side prepared statements after this many uses of a statement; -1 turns them off (PgBouncer
 # in transaction mode does not keep them).
 HEADROOM_DB_PREPARE_THRESHOLD = env.int("HEADROOM_DB_PREPARE_THRESHOLD", default=5)

@@ -23,8 +23,8 @@ HEADROOM_ALLOW_PRIVATE_UPSTREAMS = True
 ACCOUNT_RATE_LIMITS = False
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = True
-# The demo app's command and pages, for their tests (tests/demo); its provider stays off unless a test
-# serves it (HEADROOM_DEMO_PROVIDER).
+# The demo app's command and pages, for their tests (tests/browser/test_offline_demo.py); its provider
+# stays off unless a test turns HEADROOM_DEMO_PROVIDER on.
 INSTALLED_APPS = [*INSTALLED_APPS, "demo"]  # noqa: F405
 TEMPLATES[0]["OPTIONS"]["context_processors"] = [  # noqa: F405
     *TEMPLATES[0]["OPTIONS"]["context_processors"], "demo.context_processors.demo",  # noqa: F405

@@ -1,6 +1,3 @@
-"""One PostgreSQL and one Redis of the fault tests' own for the session (tests/faults/services.py),
-migrated once; each test's topology runs against them and may stop them."""
-
 import shutil
 import tempfile
 from pathlib import Path
@@ -8,61 +5,51 @@ from pathlib import Path
 import pytest
 
 from tests.fakeprovider import FakeProvider
-from tests.faults.services import OwnPostgres, OwnRedis, manage, seed
+from tests.faults.services import OwnPostgres, OwnRedis, django_env, manage, shell
 
-# Each test's provider, keys and member (tests/faults/seed.py), seeded together: one Django start.
-WORLDS = {"sigkill": {"platform_keys": 3}, "pgrestart": {"platform_keys": 2}, "redisdown": {"platform_keys": 2},
-          "celerykill": {"platform_keys": 0}}
-
-
-@pytest.fixture(scope="session")
-def own_postgres():
-    # Not pytest's temporary directory: the server runs as an unprivileged user (under root), which must
-    # reach its data directory, and pytest's are private to their owner.
-    directory = Path(tempfile.mkdtemp(prefix="headroom-faults-pg-"))
-    directory.chmod(0o755)
-    postgres = OwnPostgres(directory / "pgdata")
-    try:
-        manage(postgres.url, "migrate", "--no-input")
-        yield postgres
-    finally:
-        postgres.stop()
-        shutil.rmtree(directory, ignore_errors=True)
+PLATFORM_SECRET = "sk-fake-platform-fault-xxxxxxxxxxxxxxxxxxxxxxxx"
+SEED = """
+import json
+from accounts.services import api_key_create, user_create
+from core.money import parse_usd
+from keys.models import Provider, ProviderModel
+from keys.services import provider_key_create
+provider = Provider.objects.create(slug="fakeai", name="Fake AI", base_url="{url}/v1", balance_api="openrouter",
+                                   pool_clearance="cleared")
+ProviderModel.objects.create(provider=provider, name="tiny", input_price=parse_usd("1"), output_price=parse_usd("2"))
+key = provider_key_create(owner=None, provider=provider, secret="{secret}", label="platform", actor=None)
+member = user_create(email="payer@example.com", verified=True)
+api_key = api_key_create(user=member, name="sdk", scopes=["gateway", "read", "keys"])[1]  # the management API too
+print(json.dumps({{"api_key": api_key, "key_id": key.pk}}))
+"""
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def fake():
-    with FakeProvider() as provider:
-        yield provider
+    with FakeProvider() as server:
+        yield server
 
 
-@pytest.fixture(scope="session")
-def worlds(own_postgres, fake):
-    return seed(own_postgres.url, fake_url=fake.url, worlds=WORLDS)
-
-
-@pytest.fixture
-def world(request, worlds, fake):
-    """The calling test's world (its module's WORLD), on a fake reset to its defaults afterwards."""
-    yield worlds[request.module.WORLD]
-    fake.reset()
-
-
-@pytest.fixture
-def own_redis():
-    redis = OwnRedis()
+@pytest.fixture(scope="module")
+def services(fake):
+    """The module's own PostgreSQL (migrated, with a provider, a platform key and a paying member) and Redis."""
+    # Not under pytest's temporary directory: a pytest session starting meanwhile (another checkout's)
+    # resets /tmp/pytest-of-<user> to 0700, and the server runs as its own system user.
+    home = Path(tempfile.mkdtemp(prefix="headroom-faults-"))
+    postgres, redis = OwnPostgres(home / "pgdata"), OwnRedis()
     try:
-        yield redis
+        postgres.start()
+        redis.start()
+        env = django_env(postgres, redis)
+        manage(env, "migrate", "--no-input")
+        world = shell(env, SEED.format(url=fake.url, secret=PLATFORM_SECRET))
+        yield postgres, redis, world
     finally:
-        redis.stop()
+        redis.close()
+        postgres.close()
+        shutil.rmtree(home, ignore_errors=True)
 
 
-@pytest.fixture
-def books_balanced(own_postgres):
-    """After the test: no hold or lease left, and `manage.py ledger_check` clean on the fault database."""
-    yield own_postgres
-    if not own_postgres.running:
-        own_postgres.start()  # a test that failed while it was stopped; the next ones need it
-    assert own_postgres.scalar("SELECT count(*) FROM billing_balancehold") == 0
-    assert own_postgres.scalar("SELECT count(*) FROM keys_providerkeylease") == 0
-    manage(own_postgres.url, "ledger_check")
+@pytest.fixture(autouse=True)
+def _fresh_fake(fake):
+    fake.reset()

@@ -58,7 +58,8 @@ class Topology:
         self.log_path = log
         # Not pytest's settings module: the caller names one, or the launcher's default applies.
         inherited = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
-        self.env = {**inherited, "PATH": f"{BIN}:{os.environ.get('PATH', '')}", "HOST": "127.0.0.1", **env}
+        self.env = {**inherited, "HOST": "127.0.0.1", **env}
+        self.env["PATH"] = f"{BIN}:{self.env.get('PATH', '')}"  # the virtualenv's uvicorn, celery and honcho
         self.command = self._command(processes)
         self.process: subprocess.Popen | None = None
 
