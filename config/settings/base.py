@@ -107,6 +107,10 @@ DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
     "max_size": env.int("DJANGO_DB_POOL_MAX", default=20),
     "timeout": 10,
 }
+# libpq waits for ever on a connection attempt to a host that does not answer (a network cut, not a
+# refusal): bounded, so an unreachable database is a quick 503 rather than a hang. `?connect_timeout=`
+# in DATABASE_URL wins.
+DATABASES["default"]["OPTIONS"].setdefault("connect_timeout", env.int("DJANGO_DB_CONNECT_TIMEOUT", default=5))
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Cache and Celery ---------------------------------------------------------

@@ -150,3 +150,15 @@ def test_with_service_urls_it_uses_postgres_and_redis(tmp_path):
         "False",
         "redis://cache.internal:6379/0",
     ]
+
+
+@pytest.mark.parametrize(("url", "expected"), [(SOME_DATABASE, "5"), (SOME_DATABASE + "?connect_timeout=2", "2")])
+def test_a_new_database_connection_waits_five_seconds_unless_the_url_says(url, expected, tmp_path):
+    # libpq's own default waits for ever on a host that does not answer: an outage would hang requests.
+    result = _run(
+        "import django; django.setup(); from django.conf import settings as s;"
+        "print(s.DATABASES['default']['OPTIONS']['connect_timeout'])",
+        DJANGO_SETTINGS_MODULE="config.settings.test", DATABASE_URL=url, DJANGO_ENV_FILE=str(tmp_path / "none"),
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == expected
