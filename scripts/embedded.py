@@ -1,4 +1,4 @@
-"""Run a command against Headroom's embedded PostgreSQL (and, for the tests, an embedded Redis).
+"""Run a command against Headroom's embedded PostgreSQL (and, with --redis, a private Redis).
 
     python scripts/embedded.py [--redis] [--] COMMAND [ARG ...]
 

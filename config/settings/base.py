@@ -123,20 +123,32 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
-# Periodic tasks (seconds). Other apps add their entries here too.
+# Periodic tasks (seconds between runs). Other apps add their entries here too.
+# HEADROOM_BEAT_SCALE multiplies every interval, so a demo or a test can watch this very schedule run
+# in seconds (0.02: the one-minute sweeps every 1.2 s) rather than keep a second schedule in step.
+HEADROOM_BEAT_SCALE = env.float("HEADROOM_BEAT_SCALE", default=1.0)
 CELERY_BEAT_SCHEDULE: dict = {
     "keys-reverify-exchange-balances": {
         "task": "keys.tasks.provider_keys_reverify_exchange_task",
-        "schedule": 30 * 60,
+        "schedule": 30 * 60 * HEADROOM_BEAT_SCALE,
     },
-    "keys-probe-paused": {"task": "keys.tasks.provider_keys_probe_paused_task", "schedule": 60},
-    "keys-sweep-disabling-and-pending": {"task": "keys.tasks.provider_keys_sweep_task", "schedule": 60},
-    "billing-release-stale-holds": {"task": "billing.tasks.stale_holds_release_task", "schedule": 10 * 60},
+    "keys-probe-paused": {"task": "keys.tasks.provider_keys_probe_paused_task", "schedule": 60 * HEADROOM_BEAT_SCALE},
+    "keys-sweep-disabling-and-pending": {
+        "task": "keys.tasks.provider_keys_sweep_task",
+        "schedule": 60 * HEADROOM_BEAT_SCALE,
+    },
+    "billing-release-stale-holds": {
+        "task": "billing.tasks.stale_holds_release_task",
+        "schedule": 10 * 60 * HEADROOM_BEAT_SCALE,
+    },
     "core-delete-expired-idempotency-keys": {
         "task": "core.tasks.idempotency_records_delete_expired_task",
-        "schedule": 60 * 60,
+        "schedule": 60 * 60 * HEADROOM_BEAT_SCALE,
     },
 }
+# Beat keeps its last-run times in this file (relative to the working directory, Celery's default):
+# two beats must not share one, so a test gives each its own.
+CELERY_BEAT_SCHEDULE_FILENAME = env.str("HEADROOM_BEAT_SCHEDULE_FILE", default="celerybeat-schedule")
 
 # --- Auth ---------------------------------------------------------------------
 AUTH_USER_MODEL = "accounts.User"
