@@ -8,6 +8,7 @@ management API, completions through the official `openai` SDK.
 from dataclasses import dataclass
 
 import httpx
+import openai
 import pytest
 from openai import OpenAI
 
@@ -76,3 +77,20 @@ class Member:
 
     def client(self, **kwargs) -> OpenAI:
         return OpenAI(api_key=self.api_key, base_url=f"{self.url}/v1", max_retries=0, timeout=60, **kwargs)
+
+
+def pause_by_429s_and_see_it_resume(member: Member, *, key_id: int, secret: str, fake: FakeProvider) -> None:
+    """Three upstream 429s saying "retry in 2 s" pause the member's BYOK key on the request path; then,
+    with nobody touching it, beat's probe (run by the worker) resumes it and it serves again."""
+    client = member.client()
+    fake.script(secret, retry_after=2, times=3)
+    for _ in range(3):
+        with pytest.raises(openai.RateLimitError):
+            client.chat.completions.create(model=f"{PROVIDER}/{MODEL}", messages=PROMPT)
+    paused = member.key(key_id)
+    assert paused["status"] == "paused" and paused["retry_after_until"], paused
+
+    resumed = member.wait_for_status(key_id, "active")
+    last = resumed["history"][-1]
+    assert (last["from_status"], last["to_status"], last["reason"]) == ("paused", "active", "probe succeeded")
+    assert client.chat.completions.create(model=f"{PROVIDER}/{MODEL}", messages=PROMPT).choices

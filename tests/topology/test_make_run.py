@@ -4,11 +4,10 @@
 schedule as production sends the same tasks; HEADROOM_BEAT_SCALE only shortens its intervals here.
 """
 
-import openai
 import pytest
 
 from keys.models import ProviderKey
-from tests.topology.conftest import MODEL, PROMPT, PROVIDER, Member, catalogue
+from tests.topology.conftest import MODEL, PROMPT, PROVIDER, Member, catalogue, pause_by_429s_and_see_it_resume
 from tests.topology.processes import start_make_run
 
 pytestmark = pytest.mark.timeout(300)
@@ -25,24 +24,11 @@ def test_make_run_resumes_a_paused_key_and_finishes_draining_a_removed_one_by_it
         secret = "sk-fake-makerun-" + "x" * 24
         key_id = member.add_key(secret, byok=True)["id"]
         member.wait_for_status(key_id, Status.ACTIVE)  # verified by the worker, off the request path
-        client = member.client()
-
-        # given: the provider answers the key's next three requests with 429 and "retry in 2 s"
-        fake.script(secret, retry_after=2, times=3)
-        for _ in range(3):
-            with pytest.raises(openai.RateLimitError):
-                client.chat.completions.create(model=f"{PROVIDER}/{MODEL}", messages=PROMPT)
-        assert member.key(key_id)["status"] == Status.PAUSED
-        # then: nobody touches it, and beat's probe resumes it once the 2 s have passed
-        resumed = member.wait_for_status(key_id, Status.ACTIVE)
-        last = resumed["history"][-1]
-        assert (last["from_status"], last["to_status"], last["reason"]) == (
-            Status.PAUSED, Status.ACTIVE, "probe succeeded")
-        assert client.chat.completions.create(model=f"{PROVIDER}/{MODEL}", messages=PROMPT).choices
+        pause_by_429s_and_see_it_resume(member, key_id=key_id, secret=secret, fake=fake)
 
         # given: a stream in flight on the key (20 chunks, 0.1 s apart)
         fake.chunk_delay = 0.1
-        stream = client.chat.completions.create(model=f"{PROVIDER}/{MODEL}", messages=PROMPT, stream=True)
+        stream = member.client().chat.completions.create(model=f"{PROVIDER}/{MODEL}", messages=PROMPT, stream=True)
         chunks = iter(stream)
         next(chunks)
         # when: its owner removes it, it takes no new work but finishes the stream
