@@ -10,8 +10,9 @@ the Celery worker, beat, and under `make run` the private Redis) rather than a s
   `scripts/embedded.py --redis make serve` — migrate, sync_providers, refresh_prices, seed_demo, then the
   same Procfile, with a private Redis that embedded.py starts and removes.
 - `Launched`: the running tree. `wait_ready()` polls /readyz; `stop()` sends SIGTERM to the launcher (it
-  stops its children: honcho signals each process group, embedded.py stops Redis), then SIGKILLs every
-  descendant it ever saw that is still alive, so a failed or interrupted test leaves no process behind.
+  stops its children: honcho signals each process group, embedded.py stops Redis), or SIGINT to its
+  group as Ctrl-C does, then SIGKILLs every descendant it ever saw that is still alive and returns
+  those, so a test can assert a clean stop and a failed or interrupted test leaves no process behind.
   Use it as a context manager.
 - `children_env(tmp_path, ...)`: the environment those processes get: the pytest test database,
   production-like local settings (see there), the test settings' throwaway secrets (so the test process
@@ -162,17 +163,23 @@ class Launched:
         except AssertionError as error:
             raise AssertionError(f"{error}\n{self.log()[-4000:]}") from None
 
-    def stop(self) -> None:
+    def stop(self, sig: int = signal.SIGTERM, *, group: bool = False) -> list[psutil.Process]:
+        """Send `sig` to the launcher (with `group`, to its whole process group, as Ctrl-C at a terminal
+        does) and wait for it to exit; then kill every descendant still alive 10 s later and return
+        those, so a caller can assert that the launcher stopped them all by itself. Idempotent."""
         self.descendants()
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+            if group:
+                os.killpg(self.process.pid, sig)  # its own session: the group is the launcher's pid
+            else:
+                self.process.send_signal(sig)
             try:
                 self.process.wait(STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
         # Whatever outlived its launcher (a child in a session of its own, a pool process) goes now.
-        survivors = [p for p in self._seen.values() if p.is_running()]
+        _, survivors = psutil.wait_procs(list(self._seen.values()), timeout=10)
         for process in survivors:
             try:
                 process.kill()
@@ -180,6 +187,7 @@ class Launched:
                 pass
         psutil.wait_procs(survivors, timeout=10)
         self._log.close()
+        return survivors
 
 
 def start_production(tmp_path: Path, *, web_workers: int = 2, **extra: str) -> Launched:

@@ -4,6 +4,8 @@
 schedule as production sends the same tasks; HEADROOM_BEAT_SCALE only shortens its intervals here.
 """
 
+import signal
+
 import pytest
 
 from keys.models import ProviderKey
@@ -42,3 +44,6 @@ def test_make_run_resumes_a_paused_key_and_finishes_draining_a_removed_one_by_it
         assert moves[-2:] == [(Status.DISABLING, Status.INACTIVE, "no request in flight"),
                               (Status.INACTIVE, Status.INACTIVE, "secret scrubbed after removal")]
         assert not ProviderKey.objects.get(pk=key_id).has_secret
+
+        # Ctrl-C at the terminal stops every process make run started, Redis included.
+        assert server.stop(signal.SIGINT, group=True) == []

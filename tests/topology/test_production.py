@@ -102,6 +102,9 @@ def test_the_production_topology_verifies_shares_fairly_resumes_and_settles(tran
         byok.wait_for_status(byok_key, "active")
         pause_by_429s_and_see_it_resume(byok, key_id=byok_key, secret=byok_secret, fake=fake)
 
+        # A supervisor's SIGTERM to honcho stops every process, the gateway's workers included.
+        assert server.stop() == []
+
     # The ledger checks clean, and every request closed its hold and its key lease.
     call_command("ledger_check")
     assert not BalanceHold.objects.exists()
