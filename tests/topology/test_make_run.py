@@ -28,8 +28,8 @@ def test_make_run_resumes_a_paused_key_and_finishes_draining_a_removed_one_by_it
         member.wait_for_status(key_id, Status.ACTIVE)  # verified by the worker, off the request path
         pause_by_429s_and_see_it_resume(member, key_id=key_id, secret=secret, fake=fake)
 
-        # given: a stream in flight on the key (20 chunks, 0.1 s apart)
-        fake.chunk_delay = 0.1
+        # given: a stream in flight on the key (40 chunks, 0.1 s apart: the removal lands in the middle)
+        fake.chunks, fake.chunk_delay = 40, 0.1
         stream = member.client().chat.completions.create(model=f"{PROVIDER}/{MODEL}", messages=PROMPT, stream=True)
         chunks = iter(stream)
         next(chunks)
