@@ -12,7 +12,7 @@ from keys.models import ProviderKey, ProviderKeyLease
 from tests.topology.conftest import MODEL, PROMPT, PROVIDER, Member, catalogue, pause_by_429s_and_see_it_resume
 from tests.topology.processes import start_production, wait_until
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.redis]  # the production topology needs REDIS_URL
 
 POOL_MODEL = f"{PROVIDER}-pool/{MODEL}"
 MAX_REQUESTS = 240  # enough fresh connections for the kernel to hand some to each worker
