@@ -24,25 +24,24 @@ $(VENV)/.installed-dev: pyproject.toml | $(VENV)/bin/python
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
-# Without DATABASE_URL and REDIS_URL, scripts/embedded.py starts the embedded PostgreSQL (data in .pgdata/)
-# and a private Redis, runs the command against them and stops them when the command ends (Ctrl-C included).
+# Without DATABASE_URL and REDIS_URL, scripts/embedded.py starts the embedded PostgreSQL (data in
+# .pgdata/) and a private Redis, runs the command against them and stops them when the command ends
+# (Ctrl-C included).
 run: install
 	$(PY) -m config.devenv
 	$(PY) scripts/embedded.py --redis $(MAKE) --no-print-directory serve
 
-# `make run`'s steps against DATABASE_URL and REDIS_URL, whichever servers those name, then the Procfile's
-# processes as production runs them: the gateway, one Celery worker and beat (README "The two commands").
-# honcho gets no env file: the settings read .env themselves, without overriding the environment.
+# `make run`'s steps against DATABASE_URL and REDIS_URL, whichever servers they name: the Procfile's
+# processes (one gateway worker, one Celery worker, beat) under honcho, as in production.
 serve:
-	@test -n "$$REDIS_URL" || { echo "make serve needs REDIS_URL (make run starts a private Redis)" >&2; exit 2; }
 	$(PY) manage.py migrate --no-input
 	$(PY) manage.py sync_providers
 	$(PY) manage.py refresh_prices
-	$(PY) manage.py seed_demo
+	$(PY) manage.py seed_demo --url http://$(HOST):$(PORT)
 	@echo "Headroom on http://$(HOST):$(PORT)  (dashboard /, management API /api/v1, gateway /v1)"
-	PATH="$(abspath $(VENV))/bin:$$PATH" HOST=$(HOST) PORT=$(PORT) \
-	DJANGO_SETTINGS_MODULE=$${DJANGO_SETTINGS_MODULE:-config.settings.local} \
-	exec $(VENV)/bin/honcho start --env /dev/null
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" DJANGO_SETTINGS_MODULE=$${DJANGO_SETTINGS_MODULE:-config.settings.local} \
+	HOST=$(HOST) WEB_CONCURRENCY=$${WEB_CONCURRENCY:-1} CELERY_POOL=$${CELERY_POOL:-solo} \
+	exec $(VENV)/bin/honcho start --procfile Procfile --port $(PORT)
 
 # A fresh test database on the embedded PostgreSQL (or on DATABASE_URL), and a private Redis unless
 # REDIS_URL names one.

@@ -33,11 +33,14 @@ class OrganizationAdmin(admin.ModelAdmin):
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
     # The hash is never shown: it is a credential check, not data for people.
-    list_display = ["name", "prefix", "user", "organization", "key_pool_mode", "last_used_at", "revoked_at"]
+    list_display = ["name", "prefix", "user", "organization", "scopes", "key_pool_mode", "last_used_at", "revoked_at"]
     list_filter = ["key_pool_mode", "byok_fallback"]
     search_fields = ["name", "prefix", "user__email"]
     exclude = ["hashed_key"]
-    readonly_fields = ["prefix", "created_at", "last_used_at"]
+    # Scopes are the member's grant, made once at creation (api_key_create refuses escalation); staff see
+    # them but do not widen a key behind its owner's back.
+    # The monthly limit too: set at creation only (accounts.models.ApiKey.monthly_limit says why).
+    readonly_fields = ["prefix", "scopes", "monthly_limit", "created_at", "last_used_at"]
 
     def has_add_permission(self, request) -> bool:
         return False  # keys are created by members or `manage.py create_api_key`, which show the key once

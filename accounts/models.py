@@ -112,6 +112,9 @@ class ApiKey(models.Model):
     byok_fallback = models.BooleanField(
         default=True, help_text="Fall over to platform keys when the owner's own keys are out of capacity."
     )
+    # Set when the key is made, never changed (no endpoint nor admin field writes it): the gateway keeps a
+    # month's spend counter (billing.models.ApiKeyMonthlySpend) only for keys made with a limit, so a
+    # limit added later would start from a counter that missed the month's earlier charges.
     monthly_limit = models.BigIntegerField(
         null=True, blank=True, help_text="Spend limit per calendar month (UTC), in nanodollars."
     )

@@ -1,16 +1,10 @@
 """Reads for accounts and API keys, scoped to who may see them."""
 
-import re
-
 from django.db.models import Q, QuerySet
 from django.http import Http404
 
 from accounts.models import ApiKey, Organization, User
-from accounts.services import api_key_hash
-
-# "hr-" + 43 URL-safe base64 characters (32 random bytes). Anything else is
-# refused before it is hashed or looked up.
-API_KEY_PATTERN = re.compile(r"hr-[A-Za-z0-9_-]{43}")
+from accounts.services import API_KEY_PATTERN, api_key_hash
 
 # The keys that may call the gateway (/v1): unrevoked, of an active member, with the `gateway` scope.
 GATEWAY_CALLER = Q(revoked_at__isnull=True, user__is_active=True, scopes__contains=[ApiKey.Scope.GATEWAY])

@@ -1,6 +1,7 @@
 """Writes for users, organizations and gateway API keys."""
 
 import hashlib
+import re
 import secrets
 from datetime import timedelta
 
@@ -17,6 +18,9 @@ from core.errors import ServiceError
 API_KEY_PREFIX = "hr-"
 API_KEY_RANDOM_BYTES = 32
 API_KEY_DISPLAY_LENGTH = 11  # "hr-" + 8 characters
+# "hr-" + 43 URL-safe base64 characters (32 random bytes). Anything else is
+# refused before it is hashed or looked up.
+API_KEY_PATTERN = re.compile(r"hr-[A-Za-z0-9_-]{43}")
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 ORG_NOT_A_MEMBER = "You are not a member of that organization."
@@ -77,11 +81,13 @@ def api_key_create(
     organization: Organization | None = None,
     scopes: list[str] | None = None,
     granted_by: ApiKey | None = None,
+    raw: str | None = None,
 ) -> tuple[ApiKey, str]:
     """Create a gateway API key; returns it with the raw key, which is never stored or shown again.
 
     `scopes` defaults to the gateway alone. A key made by another API key (`granted_by`, one with the
-    `keys` scope) gets no scope its maker lacks, so a leaked key cannot mint a stronger one."""
+    `keys` scope) gets no scope its maker lacks, so a leaked key cannot mint a stronger one. `raw` names
+    the key instead of a random one: only for a key published on purpose (the offline demo's)."""
     scopes = sorted(set(scopes if scopes is not None else gateway_only()))
     if granted_by is not None and not set(scopes) <= set(granted_by.scopes):
         missing = ", ".join(sorted(set(scopes) - set(granted_by.scopes)))
@@ -90,7 +96,9 @@ def api_key_create(
     if organization is not None and not Membership.objects.filter(organization=organization, user=user).exists():
         raise AccountsError(ORG_NOT_A_MEMBER, code="not_a_member", status_code=403)
     _api_key_room_check(user=user)
-    raw = API_KEY_PREFIX + secrets.token_urlsafe(API_KEY_RANDOM_BYTES)
+    if raw is not None and not API_KEY_PATTERN.fullmatch(raw):
+        raise ValueError("an API key is 'hr-' and 43 characters of A-Z, a-z, 0-9, '-' and '_'")
+    raw = raw or API_KEY_PREFIX + secrets.token_urlsafe(API_KEY_RANDOM_BYTES)
     api_key = ApiKey.objects.create(
         user=user,
         organization=organization,

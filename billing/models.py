@@ -179,6 +179,29 @@ class BalanceHold(models.Model):
         return f"hold {self.request_id}: {self.amount}"
 
 
+class ApiKeyMonthlySpend(models.Model):
+    """What an API key's requests were charged in a calendar month (UTC), fee included: the monthly
+    spend limit's counter, kept only for keys with a limit.
+
+    The gateway's settlement adds to it (billing_api_key_spend_add, with the request record, in the
+    same transaction), so checking a limit reads one row rather than summing the month's requests.
+    """
+
+    # The unique (api_key, month) index serves every lookup: no index of its own.
+    api_key = models.ForeignKey("accounts.ApiKey", on_delete=models.CASCADE, related_name="+", db_index=False)
+    month = models.DateField(help_text="The first day of the month, UTC.")
+    charged = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["api_key", "month"], name="api_key_spend_key_month"),
+            models.CheckConstraint(condition=Q(charged__gte=0), name="api_key_spend_not_negative"),
+        ]
+
+    def __str__(self) -> str:
+        return f"API key {self.api_key_id} {self.month:%Y-%m}: {self.charged}"
+
+
 class ByokMonthlyUsage(models.Model):
     """BYOK requests per billing owner per calendar month (UTC): the free tier's counter."""
 

@@ -1,6 +1,4 @@
-"""Celery app. Its worker and beat are the Procfile's `worker` and `beat`, started with the gateway by
-`make run` (on a private Redis) and in production; the periodic schedule is CELERY_BEAT_SCHEDULE in
-settings. Without REDIS_URL (a bare `manage.py` command) tasks run eagerly in-process.
+"""Celery app. Without REDIS_URL, tasks run eagerly in-process (settings).
 
 The default settings module is production, as for the ASGI app: this module
 is imported first whenever anything under `config` is, so a local default here

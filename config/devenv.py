@@ -5,13 +5,15 @@ step, yet no secret is hard-coded in the settings. An existing `.env` is
 left as it is (sessions and encrypted provider keys depend on its values).
 """
 
+import os
 import secrets
 import sys
 from pathlib import Path
 
 from cryptography.fernet import Fernet
 
-ENV_FILE = Path(__file__).resolve().parent.parent / ".env"
+# The file the settings read (config/env.py): `.env` at the project root unless DJANGO_ENV_FILE names another.
+ENV_FILE = Path(os.environ.get("DJANGO_ENV_FILE", Path(__file__).resolve().parent.parent / ".env"))
 
 
 def main() -> int:
@@ -24,7 +26,7 @@ def main() -> int:
         f"HEADROOM_FIELD_ENCRYPTION_KEYS={Fernet.generate_key().decode()}\n"
     )
     ENV_FILE.chmod(0o600)
-    print(f"wrote {ENV_FILE.name} with fresh development secrets")
+    print(f"wrote {ENV_FILE} with fresh development secrets")
     return 0
 
 

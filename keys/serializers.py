@@ -40,7 +40,10 @@ class ProviderKeyStatsSerializer(serializers.ModelSerializer):
 
 class ProviderKeySerializer(serializers.ModelSerializer):
     provider = serializers.SlugRelatedField(slug_field="slug", read_only=True)
-    organization = serializers.SlugRelatedField(source="owner_org", slug_field="slug", read_only=True)
+    organization = serializers.SlugRelatedField(
+        source="owner_org", slug_field="slug", read_only=True, allow_null=True,
+        help_text="The organization the key is enrolled for; null for your own.",
+    )
     verified_balance = serializers.SerializerMethodField(help_text="USD, decimal string, from the balance API")
     stats = serializers.SerializerMethodField()
     removed = serializers.SerializerMethodField()

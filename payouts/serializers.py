@@ -14,7 +14,7 @@ def _organization_field() -> serializers.SlugField:
 
 def _organization_output() -> serializers.SlugRelatedField:
     return serializers.SlugRelatedField(
-        slug_field="slug", read_only=True, help_text="The organization whose balance moved; null for yours."
+        slug_field="slug", read_only=True, allow_null=True, help_text="The organization whose balance moved; null for yours."
     )
 
 

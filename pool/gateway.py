@@ -25,7 +25,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import aiohttp
+import django.db
 import orjson
+import psycopg
+import psycopg_pool
 from django.conf import settings
 from django.utils import timezone
 
@@ -56,6 +59,8 @@ from pool.services import (
 )
 
 logger = logging.getLogger(__name__)
+# What the driver, its pool and Django raise while PostgreSQL cannot be reached.
+DATABASE_DOWN = (psycopg.OperationalError, psycopg_pool.PoolTimeout, django.db.OperationalError)
 Route = RequestRecord.Route
 Outcome = RequestRecord.Outcome
 
@@ -138,6 +143,16 @@ async def _handle(scope, receive, send, path: str) -> None:
         await endpoint[1](scope, receive, send, headers, raw_key)
     except GatewayError as error:
         await send_json(send, error.status, error.body(), extra=error.headers)
+    except DATABASE_DOWN:
+        # PostgreSQL unreachable (restarting, failing over, a network cut): every statement refuses at
+        # once, or the pool's wait for a connection (HEADROOM_GATEWAY_DB_WAIT_SECONDS) runs out. A hold
+        # already taken stays until the sweep voids it; a settlement the dying server committed without
+        # acknowledging it stands (README, "When something dies").
+        logger.warning("gateway request on %s: the database is unreachable", path)
+        error = GatewayError(503, errors.DATABASE_UNAVAILABLE, type="api_error", code="database_unavailable",
+                             headers={"Retry-After": "1"})
+        with contextlib.suppress(Exception):
+            await send_json(send, error.status, error.body(), extra=error.headers)
     except Exception:
         # Logged without locals or request data (no secrets, no prompts); the client gets a stable shape.
         logger.exception("gateway request failed on %s", path)

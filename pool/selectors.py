@@ -8,6 +8,7 @@ what is here is synchronous ORM, called from the proxy through
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
 
 from django.db.models import (
     BigIntegerField,
@@ -21,9 +22,11 @@ from django.db.models import (
     Subquery,
     Sum,
 )
-from django.db.models.functions import TruncDate
+from django.db.models.functions import TruncDate, TruncMonth
 from django.utils import timezone
 
+from accounts.models import ApiKey
+from billing.models import ApiKeyMonthlySpend
 from core.money import percent_of
 from exchange.models import ExchangeEarning
 from keys.models import Provider, ProviderKey, ProviderKeyStats, ProviderModel
@@ -176,4 +179,27 @@ def earning_record_violations(*, limit: int = 50) -> list[str]:
             continue
         if len(problems) >= limit:
             break
+    return problems
+
+
+def api_key_spend_violations(*, limit: int = 50) -> list[str]:
+    """Month counters of API keys with a monthly spend limit (billing's, which the limit reads) that
+    differ from what the key's requests of that month (UTC) were charged, fee included; a counter of a
+    key without a limit. Registered with billing's `ledger_check` (pool.apps): the records are pool's."""
+    limited = ApiKey.objects.filter(monthly_limit__isnull=False).values("pk")
+    records = (
+        RequestRecord.objects.filter(api_key__in=limited, charged__gt=0)
+        .annotate(month=TruncMonth("created_at", tzinfo=dt_timezone.utc))
+        .values("api_key_id", "month")
+        .annotate(total=Sum("charged"))
+    )
+    expected = {(row["api_key_id"], row["month"].date()): row["total"] for row in records}
+    counted = {(row.api_key_id, row.month): row.charged for row in ApiKeyMonthlySpend.objects.all()}
+    problems = []
+    for key, month in sorted(expected.keys() | counted.keys()):
+        if expected.get((key, month), 0) != counted.get((key, month), 0):
+            problems.append(f"API key {key}'s spend counter for {month:%Y-%m} is {counted.get((key, month), 0)},"
+                            f" its requests were charged {expected.get((key, month), 0)}")
+            if len(problems) >= limit:
+                break
     return problems

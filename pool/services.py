@@ -407,6 +407,7 @@ async def settlement_spec(s: Settlement) -> SettleSpec:
         key_id=key.key_id if key else None,
         stats=key is not None and succeeded,
         touch_api_key=last_used is None or s.created_at - last_used >= LAST_USED_RESOLUTION,
+        limited=caller.monthly_limit is not None,
     )
 
 

@@ -1,4 +1,4 @@
-"""Run a command against Headroom's embedded PostgreSQL (and, with --redis, a private Redis).
+"""Run a command against Headroom's embedded PostgreSQL (and, for the tests, an embedded Redis).
 
     python scripts/embedded.py [--redis] [--] COMMAND [ARG ...]
 
@@ -114,9 +114,6 @@ def redis_start() -> Redis:
          "--appendonly", "no", "--dir", str(directory), "--logfile", str(directory / "redis.log")],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
-        # Out of the terminal's process group: Ctrl-C must not take the broker away from a worker and
-        # beat that are still shutting down; main() stops it once COMMAND has ended.
-        start_new_session=True,
     )
     deadline = time.monotonic() + REDIS_START_TIMEOUT_S
     while time.monotonic() < deadline:

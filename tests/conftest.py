@@ -108,8 +108,9 @@ def authed_client(user) -> APIClient:
 
 @pytest.fixture(autouse=True)
 def throttle_counts_forgotten():
-    """The management API's throttle counts live in the cache, Redis under `make test`, which
-    outlives a test and a run (whose users get the same ids again): each test starts with none."""
+    """The management API's throttle counts and allauth's login limits live in the cache, Redis under
+    `make test`, which outlives a test and a run (whose users get the same ids again): each test starts
+    with none."""
     import redis
     from django.core.cache import cache
 
@@ -118,7 +119,8 @@ def throttle_counts_forgotten():
         return
     client = cache._cache.get_client(write=True)
     try:
-        keys = list(client.scan_iter(match=cache.make_key("throttle_*"), count=1000))
+        keys = [key for pattern in ("throttle_*", "allauth:rl:*")
+                for key in client.scan_iter(match=cache.make_key(pattern), count=1000)]
         if keys:
             client.delete(*keys)
     except redis.RedisError:

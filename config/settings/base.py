@@ -51,6 +51,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    # Before SessionMiddleware: one sign-in step per session at a time, session save included.
+    "core.middleware.OneSignInStepPerSessionMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "core.middleware.HostileInputMiddleware",
@@ -119,36 +121,29 @@ CELERY_RESULT_BACKEND = None
 CELERY_TASK_ALWAYS_EAGER = env.bool("HEADROOM_CELERY_EAGER", default=not REDIS_URL)
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_ACKS_LATE = True
+# Every task is idempotent, so a task whose worker died under it runs again rather than being lost:
+# a killed child process requeues its task at once; a whole worker killed leaves its task unacked in
+# Redis, redelivered once the visibility timeout has passed (it must exceed the longest task).
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env.int("HEADROOM_CELERY_VISIBILITY_TIMEOUT", default=3600)}
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
-# Periodic tasks (seconds between runs). Other apps add their entries here too.
-# HEADROOM_BEAT_SCALE multiplies every interval, so a demo or a test can watch this very schedule run
-# in seconds (0.02: the one-minute sweeps every 1.2 s) rather than keep a second schedule in step.
-HEADROOM_BEAT_SCALE = env.float("HEADROOM_BEAT_SCALE", default=1.0)
+# Periodic tasks (seconds), run by `celery beat` (the Procfile's `beat`, under `make run` too). Other apps
+# add their entries here too. HEADROOM_PERIODIC_SCALE multiplies every interval: below 1 to watch the
+# background work happen (tests, demos), never needed in production.
+HEADROOM_PERIODIC_SCALE = env.float("HEADROOM_PERIODIC_SCALE", default=1.0)
 CELERY_BEAT_SCHEDULE: dict = {
-    "keys-reverify-exchange-balances": {
-        "task": "keys.tasks.provider_keys_reverify_exchange_task",
-        "schedule": 30 * 60 * HEADROOM_BEAT_SCALE,
-    },
-    "keys-probe-paused": {"task": "keys.tasks.provider_keys_probe_paused_task", "schedule": 60 * HEADROOM_BEAT_SCALE},
-    "keys-sweep-disabling-and-pending": {
-        "task": "keys.tasks.provider_keys_sweep_task",
-        "schedule": 60 * HEADROOM_BEAT_SCALE,
-    },
-    "billing-release-stale-holds": {
-        "task": "billing.tasks.stale_holds_release_task",
-        "schedule": 10 * 60 * HEADROOM_BEAT_SCALE,
-    },
-    "core-delete-expired-idempotency-keys": {
-        "task": "core.tasks.idempotency_records_delete_expired_task",
-        "schedule": 60 * 60 * HEADROOM_BEAT_SCALE,
-    },
+    name: {"task": task, "schedule": seconds * HEADROOM_PERIODIC_SCALE}
+    for name, task, seconds in (
+        ("keys-reverify-exchange-balances", "keys.tasks.provider_keys_reverify_exchange_task", 30 * 60),
+        ("keys-probe-paused", "keys.tasks.provider_keys_probe_paused_task", 60),
+        ("keys-sweep-disabling-and-pending", "keys.tasks.provider_keys_sweep_task", 60),
+        ("billing-release-stale-holds", "billing.tasks.stale_holds_release_task", 10 * 60),
+        ("core-delete-expired-idempotency-keys", "core.tasks.idempotency_records_delete_expired_task", 60 * 60),
+    )
 }
-# Beat keeps its last-run times in this file (relative to the working directory, Celery's default):
-# two beats must not share one, so a test gives each its own.
-CELERY_BEAT_SCHEDULE_FILENAME = env.str("HEADROOM_BEAT_SCHEDULE_FILE", default="celerybeat-schedule")
 
 # --- Auth ---------------------------------------------------------------------
 AUTH_USER_MODEL = "accounts.User"
@@ -279,6 +274,9 @@ HEADROOM_IDEMPOTENCY_KEY_TTL = env.int("HEADROOM_IDEMPOTENCY_KEY_TTL", default=2
 # keys (issue 3) settings go below this line.
 # Error pages hide variables and POST fields marked sensitive (provider secrets) even with DEBUG on.
 DEFAULT_EXCEPTION_REPORTER_FILTER = "keys.reporting.SecretSafeExceptionReporterFilter"
+# The offline demo provider (demo/provider.py) and its world (`seed_demo`): local settings only.
+HEADROOM_DEMO_PROVIDER = False
+HEADROOM_DEMO_WORD_SECONDS = env.float("HEADROOM_DEMO_WORD_SECONDS", default=0.04)
 # The provider catalogue file (empty: keys/providers.toml).
 HEADROOM_PROVIDERS_FILE = env.str("HEADROOM_PROVIDERS_FILE", default="")
 # Let operators point providers at loopback/private addresses and plain http (tests, local demos).
@@ -325,10 +323,13 @@ HEADROOM_POOL_REWARD_PERCENT = "5"
 HEADROOM_BYOK_FREE_REQUESTS = 1_000_000
 HEADROOM_BYOK_FEE_PERCENT = "5"
 # An open balance hold older than this belongs to a request that died with its process.
-HEADROOM_STALE_HOLD_SECONDS = 3600
+HEADROOM_STALE_HOLD_SECONDS = env.int("HEADROOM_STALE_HOLD_SECONDS", default=3600)
 # The gateway's own PostgreSQL pool (pool.hotpath.db), next to Django's: connections per worker process.
 HEADROOM_GATEWAY_DB_POOL_MIN = env.int("HEADROOM_GATEWAY_DB_POOL_MIN", default=2)
 HEADROOM_GATEWAY_DB_POOL_MAX = env.int("HEADROOM_GATEWAY_DB_POOL_MAX", default=4)
+# How long a gateway request waits for a pooled connection (all busy, or the database unreachable and
+# the pool reconnecting) before it answers 503 database_unavailable.
+HEADROOM_GATEWAY_DB_WAIT_SECONDS = env.float("HEADROOM_GATEWAY_DB_WAIT_SECONDS", default=5.0)
 # Server-side prepared statements after this many uses of a statement; -1 turns them off (PgBouncer
 # in transaction mode does not keep them).
 HEADROOM_DB_PREPARE_THRESHOLD = env.int("HEADROOM_DB_PREPARE_THRESHOLD", default=5)

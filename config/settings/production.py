@@ -1,5 +1,7 @@
 """Production: DEBUG always off, HTTPS only, secrets required from the environment."""
 
+from django.core.exceptions import ImproperlyConfigured
+
 from config.env import env
 
 from .base import *  # noqa: F403
@@ -17,6 +19,10 @@ SECURE_HSTS_SECONDS = env.int("DJANGO_SECURE_HSTS_SECONDS", default=31_536_000)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", default=True)
 SECURE_HSTS_PRELOAD = env.bool("DJANGO_SECURE_HSTS_PRELOAD", default=True)
 HEADROOM_ALLOW_PRIVATE_UPSTREAMS = False
+# The offline demo (its provider, its world, its published API key) is local settings' alone.
+if env.bool("HEADROOM_DEMO_PROVIDER", default=False):
+    raise ImproperlyConfigured("HEADROOM_DEMO_PROVIDER is for local settings only: production never serves the demo.")
+HEADROOM_DEMO_PROVIDER = False
 
 # One JSON object per line, for a log pipeline: the gateway's line per request carries request_id,
 # endpoint, route, provider, status and duration_ms as fields (pool/metrics.py).

@@ -1,5 +1,7 @@
 """Test settings: the only module with built-in secrets, and they are throwaway."""
 
+from config.env import env
+
 from .base import *  # noqa: F403
 
 DEBUG = False
@@ -15,8 +17,15 @@ STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.InMemoryStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
-CELERY_TASK_ALWAYS_EAGER = True
+# In-process, unless a test runs the real worker and beat (tests/topology: HEADROOM_CELERY_EAGER=false).
+CELERY_TASK_ALWAYS_EAGER = env.bool("HEADROOM_CELERY_EAGER", default=True)
 HEADROOM_ALLOW_PRIVATE_UPSTREAMS = True
 ACCOUNT_RATE_LIMITS = False
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = True
+# The demo app's command and pages, for their tests (tests/browser/test_offline_demo.py); its provider
+# stays off unless a test turns HEADROOM_DEMO_PROVIDER on.
+INSTALLED_APPS = [*INSTALLED_APPS, "demo"]  # noqa: F405
+TEMPLATES[0]["OPTIONS"]["context_processors"] = [  # noqa: F405
+    *TEMPLATES[0]["OPTIONS"]["context_processors"], "demo.context_processors.demo",  # noqa: F405
+]

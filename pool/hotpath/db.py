@@ -94,7 +94,7 @@ async def _open_pool(durable: bool):
         kwargs=await _kwargs(),
         min_size=settings.HEADROOM_GATEWAY_DB_POOL_MIN,
         max_size=settings.HEADROOM_GATEWAY_DB_POOL_MAX,
-        timeout=10,
+        timeout=settings.HEADROOM_GATEWAY_DB_WAIT_SECONDS,
         configure=_configure(durable),
         open=False,
         name="headroom-gateway" if durable else "headroom-gateway-picks",

@@ -123,6 +123,7 @@ class SettleSpec:
     key_id: int | None
     stats: bool  # count the request in the key's aggregates (succeeded only)
     touch_api_key: bool  # last_used_at is older than its resolution
+    limited: bool = False  # the API key has a monthly spend limit: add the charge to its month's counter
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ def plan_ctes(f: Fragments, q: Sql, *, fee_percent: Decimal, pool: bool) -> str:
     platform_only = ApiKey.PoolMode.PLATFORM_ONLY
     context = (
         "SELECT a.n, a.request_id, a.is_pool, a.platform_only, a.prompt_tokens, a.max_tokens, a.choices,"
-        " a.default_max_tokens, a.default_rate_open, a.free_requests, a.month_from,"
+        " a.default_max_tokens, a.default_rate_open, a.free_requests, a.month, a.month_from,"
         " c.c_id, c.c_user, c.c_org, c.c_mode, c.c_fallback, c.c_limit, c.c_used,"
         " t.t_provider, t.t_slug, t.t_base_url, t.t_name, t.t_in, t.t_out, t.t_clearance, t.t_max_out,"
         " t.t_cap_field,"
@@ -103,8 +103,8 @@ def plan_ctes(f: Fragments, q: Sql, *, fee_percent: Decimal, pool: bool) -> str:
         " AS include_exchange,"
         " (SELECT b.balance - b.held FROM billing_account b WHERE b.id = x.account_id) AS spendable,"
         " CASE WHEN x.c_limit IS NULL OR x.t_provider IS NULL THEN NULL ELSE x.c_limit"
-        " - COALESCE((SELECT SUM(r.charged) FROM pool_requestrecord r WHERE r.api_key_id = x.c_id"
-        " AND r.created_at >= x.month_from), 0)"
+        " - COALESCE((SELECT s.charged FROM billing_apikeymonthlyspend s WHERE s.api_key_id = x.c_id"
+        " AND s.month = x.month), 0)"
         " - COALESCE((SELECT SUM(o.amount) FROM billing_balancehold o WHERE o.api_key_id = x.c_id), 0)"
         " END AS limit_left,"
         f" {token_cost_sql('x.prompt_tokens', 'x.t_in')} AS prompt_cost,"

@@ -41,6 +41,7 @@ def _settle_json(s: SettleSpec) -> dict:
         "byok_org": byok_org, "month": s.month, "free": s.free_requests, "fee": s.fee if payer else 0,
         "fee_key": s.fee_key, "fee_memo": s.fee_memo[:200], "hold_ids": list(s.hold_ids) if payer else [],
         "key_id": s.key_id, "stats": s.key_id is not None and s.stats, "touch": s.touch_api_key,
+        "limited": s.limited,
         "earning": s.earning is not None,
     }
     if s.credit:

@@ -169,3 +169,17 @@ def test_every_management_endpoint_states_what_an_api_key_needs_or_is_public():
         and not route.startswith("api/v1/schema")
     ]
     assert not undecided, f"endpoints that say nothing about API keys (so refuse them): {undecided}"
+
+
+def test_the_admin_shows_a_keys_scopes_but_cannot_widen_them(admin_client):
+    member = UserFactory()
+    api_key_create(user=member, name="sdk")
+    key = ApiKey.objects.get(user=member)
+    page = admin_client.get(f"/admin/accounts/apikey/{key.pk}/change/")
+    assert page.status_code == 200 and b"gateway" in page.content
+    # when staff post the change form with a wider grant
+    admin_client.post(f"/admin/accounts/apikey/{key.pk}/change/", {
+        "name": "sdk", "user": member.pk, "scopes": "gateway,money", "key_pool_mode": key.key_pool_mode,
+    })
+    key.refresh_from_db()
+    assert key.scopes == ["gateway"]

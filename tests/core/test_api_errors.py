@@ -67,3 +67,29 @@ def test_the_schema_describes_the_error_shape():
     assert set(error["required"]) == {"detail", "code"}
     refusal = schema["paths"]["/api/v1/payouts/conversions"]["post"]["responses"]["400"]
     assert refusal["content"]["application/json"]["schema"]["$ref"].endswith("/ValidationError")
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("path", ["/api/v1/no-such-thing", "/api/v1/keys/not-a-number/", "/api/v2/"])
+def test_an_unknown_api_url_is_a_json_404(authed_client, settings, path):
+    settings.DEBUG = False
+    response = authed_client.get(path)
+    assert response.status_code == 404
+    assert response.json() == {"detail": "Not found.", "code": "not_found"}
+
+
+@pytest.mark.django_db
+def test_an_unknown_page_is_still_an_html_404(client, settings):
+    settings.DEBUG = False
+    response = client.get("/no-such-page/")
+    assert response.status_code == 404
+    assert response["Content-Type"].startswith("text/html")
+
+
+def test_an_unexpected_error_under_the_api_is_json_and_a_page_stays_html(rf):
+    from core.views import server_error
+
+    api = server_error(rf.get("/api/v1/keys/"))
+    assert api.status_code == 500 and api["Content-Type"] == "application/json"
+    page = server_error(rf.get("/dashboard/"))
+    assert page.status_code == 500 and page["Content-Type"].startswith("text/html")

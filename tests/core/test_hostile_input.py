@@ -1,5 +1,7 @@
 """Inputs that used to answer 500 answer a clear 400 (or just work): issue 13's list, one test each."""
 
+import hashlib
+
 import pytest
 from django.test import Client
 
@@ -68,3 +70,27 @@ def test_twenty_members_creating_the_same_organization_at_once_all_get_one():
     slugs = sorted(Organization.objects.values_list("slug", flat=True))
     assert len(set(slugs)) == 20 and "acme" in slugs
     assert all(org.memberships.count() == 1 for org in Organization.objects.all())
+
+
+@pytest.mark.django_db
+def test_a_sign_in_step_waiting_too_long_on_its_sessions_other_step_is_a_409_and_other_sessions_go_on(monkeypatch):
+    from django.core.cache import cache
+
+    from core import middleware
+
+    monkeypatch.setattr(middleware, "STEP_WAIT_SECONDS", 0.1)
+    # given a step of session "busy" in progress (its lock held)
+    busy = "signin-step:" + hashlib.sha256(b"busy").hexdigest()
+    assert cache.add(busy, 1, timeout=30)
+    try:
+        body = {"code": "ABCDEF"}
+        response = Client().post("/_allauth/app/v1/auth/email/verify", body, content_type="application/json",
+                                 HTTP_X_SESSION_TOKEN="busy")
+        assert response.status_code == 409
+        assert response.json()["errors"][0]["code"] == "conflict"
+        # another session's step is not held up
+        response = Client().post("/_allauth/app/v1/auth/email/verify", body, content_type="application/json",
+                                 HTTP_X_SESSION_TOKEN="other")
+        assert response.status_code != 409
+    finally:
+        cache.delete(busy)

@@ -6,20 +6,18 @@ import logging
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from django.conf import settings
-from django.db import connection
 from django.test import Client
 from django.utils.module_loading import import_string
 
 from tests.pool.conftest import MODEL, PROMPT, PROVIDER
+from tests.topology.processes import database_url_for_subprocesses, free_port
 
 
 def _sample(text: str, name: str, **labels) -> float:
@@ -75,18 +73,12 @@ def test_each_gateway_request_writes_one_structured_line_and_nothing_secret(worl
     assert member.api_key not in text and "private prompt" not in text and "127.0.0.1" not in text
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_the_metrics_of_two_uvicorn_workers_add_up(world, tmp_path):
     member = world.member()
-    port, shared = _free_port(), tmp_path / "prometheus"
+    port, shared = free_port(), tmp_path / "prometheus"
     shared.mkdir()
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(shared), "DJANGO_SETTINGS_MODULE": "config.settings.test",
-           "DATABASE_URL": _database_url()}
+           "DATABASE_URL": database_url_for_subprocesses()}
     server = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "config.asgi:application", "--port", str(port), "--workers", "2",
          "--no-access-log", "--log-level", "warning"],
@@ -116,10 +108,3 @@ def test_the_metrics_of_two_uvicorn_workers_add_up(world, tmp_path):
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=20)
-
-
-def _database_url() -> str:
-    """DATABASE_URL (the machine's server or the embedded one, TCP or a socket directory), naming the
-    test database that pytest-django made from it."""
-    parts = urlsplit(os.environ["DATABASE_URL"])
-    return urlunsplit(parts._replace(path="/" + connection.settings_dict["NAME"]))

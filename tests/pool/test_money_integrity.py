@@ -339,6 +339,25 @@ def test_a_small_monthly_limit_still_serves_with_a_small_cap(world):
     assert served(world.fake, key.secret) <= RequestRecord.objects.get().charged
 
 
+def test_one_request_after_another_stops_at_the_monthly_limit_it_counted_from_the_settled_ones(world):
+    realistic(world)
+    alice = world.member(monthly_limit=200_000)  # $0.0002 a month; the balance is $2
+    client = alice.client(world.url)
+    refused = None
+    for _ in range(40):
+        try:
+            client.chat.completions.create(model=MODEL_ID, messages=[{"role": "user", "content": "hi"}], max_tokens=20)
+        except APIStatusError as error:
+            refused = error
+            break
+    spent = sum(RequestRecord.objects.values_list("charged", flat=True))
+    print(f"\nsequential requests under a $0.0002 monthly limit: {RequestRecord.objects.count()} answered,"
+          f" spent {spent} nanos before the refusal")
+    assert refused is not None and refused.status_code == 402 and refused.body["code"] == "monthly_limit_reached"
+    assert 0 < spent <= 200_000
+    assert_ledger_clean()
+
+
 # --- races -------------------------------------------------------------------------------------------
 
 
