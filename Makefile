@@ -42,7 +42,7 @@ serve:
 	$(PY) manage.py refresh_prices
 	$(PY) manage.py seed_demo --url http://$(HOST):$(PORT)
 	@echo "Headroom on http://$(HOST):$(PORT)  (dashboard /, management API /api/v1, gateway /v1)"
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" DJANGO_SETTINGS_MODULE=$${DJANGO_SETTINGS_MODULE:-config.settings.local} \
+	PATH="$(abspath $(VENV))/bin:$$PATH" DJANGO_SETTINGS_MODULE=$${DJANGO_SETTINGS_MODULE:-config.settings.local} \
 	HOST=$(HOST) WEB_CONCURRENCY=$${WEB_CONCURRENCY:-1} CELERY_POOL=$${CELERY_POOL:-solo} \
 	exec $(VENV)/bin/honcho start --procfile Procfile --env /dev/null --port $(PORT)
 
