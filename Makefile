@@ -33,15 +33,18 @@ run: install
 
 # `make run`'s steps against DATABASE_URL and REDIS_URL, whichever servers they name: the Procfile's
 # processes (one gateway worker, one Celery worker, beat) under honcho, as in production.
+# No env file for honcho: its values would override the environment (a test's DATABASE_URL, a
+# DJANGO_DEBUG=false given on the command line); the settings read .env (DJANGO_ENV_FILE) themselves,
+# under whatever the environment already says.
 serve:
 	$(PY) manage.py migrate --no-input
 	$(PY) manage.py sync_providers
 	$(PY) manage.py refresh_prices
 	$(PY) manage.py seed_demo --url http://$(HOST):$(PORT)
 	@echo "Headroom on http://$(HOST):$(PORT)  (dashboard /, management API /api/v1, gateway /v1)"
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" DJANGO_SETTINGS_MODULE=$${DJANGO_SETTINGS_MODULE:-config.settings.local} \
+	PATH="$(abspath $(VENV))/bin:$$PATH" DJANGO_SETTINGS_MODULE=$${DJANGO_SETTINGS_MODULE:-config.settings.local} \
 	HOST=$(HOST) WEB_CONCURRENCY=$${WEB_CONCURRENCY:-1} CELERY_POOL=$${CELERY_POOL:-solo} \
-	exec $(VENV)/bin/honcho start --procfile Procfile --port $(PORT)
+	exec $(VENV)/bin/honcho start --procfile Procfile --env /dev/null --port $(PORT)
 
 # A fresh test database on the embedded PostgreSQL (or on DATABASE_URL), and a private Redis unless
 # REDIS_URL names one.

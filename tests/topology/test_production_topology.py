@@ -10,7 +10,6 @@ intervals scaled down (HEADROOM_PERIODIC_SCALE), so that periodic work happens w
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
@@ -35,13 +34,14 @@ CHAT = "/chat/completions"  # what the fake counts as served (verification reads
 DONORS = 3
 ROUNDS = 8  # pool requests per donor key: strict LRU gives each exactly this many
 PERIODIC_SCALE = "0.05"  # beat's 60 s sweeps every 3 s
-TOPOLOGY_REDIS_DB = 11  # REDIS_URL's server, a database of the topology's own (flushed before it starts)
 
 
 def _redis_url() -> str:
-    parts = urlsplit(os.environ["REDIS_URL"])
-    url = urlunsplit(parts._replace(path=f"/{TOPOLOGY_REDIS_DB}"))
-    redis.Redis.from_url(url).flushdb()  # no task left over from another run reaches this worker
+    """REDIS_URL as the run was given it, emptied: no task left over from an earlier test reaches this
+    worker. Only that database is the run's own (`make test`'s private server, `.ci/run`'s db 15):
+    another fixed number on a shared server would be emptied under a second run going at once."""
+    url = os.environ["REDIS_URL"]
+    redis.Redis.from_url(url).flushdb()
     return url
 
 
@@ -112,6 +112,15 @@ def test_the_procfile_serves_verifies_rotates_fairly_and_resumes_paused_keys(tmp
             assert served == [ROUNDS] * DONORS, served
             assert fake.count(secret, CHAT) == 0  # alice's own key never serves alice
             assert len(workers) >= 2, workers
+
+            # one request at a time, each takes the key used longest ago: the rotation's exact order
+            # (by lru_seq, then id, as the pick orders), not only its counts
+            fake.reset()
+            rotation = [secret for _, secret in sorted(
+                (ProviderKey.objects.values_list("lru_seq", "id").get(pk=key.pk), secret) for key, secret in donors)]
+            for n in range(2 * DONORS):
+                ask(n)
+            assert [r.key for r in fake.requests if r.path.endswith(CHAT)] == rotation * 2
 
             # a key paused by 429s is resumed by beat once its Retry-After has passed
             paused_key, paused_secret = donors[0]
